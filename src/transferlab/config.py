@@ -1,0 +1,242 @@
+"""Typed config schema and the checks that run before TensorFlow is imported.
+
+The dataclasses are registered in Hydra's ConfigStore as the base of
+``conf/config.yaml``, so a misspelt key or a wrong type is rejected by Hydra
+itself while composing. ``validate`` then checks values against the tables
+(backbones, strategies, optimizers) so a bad sweep fails in milliseconds,
+not after TensorFlow has spent seconds importing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from transferlab.backbones import BACKBONES, spec
+from transferlab.freeze import STRATEGIES
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message says what to change."""
+
+
+@dataclass
+class BackboneConf:
+    name: str = MISSING
+    # "imagenet", null (random init) or a path to a local weights file.
+    weights: Optional[str] = "imagenet"
+
+
+@dataclass
+class FreezeConf:
+    strategy: str = "all"
+    n: Optional[int] = None
+    layer: Optional[str] = None
+    # "frozen": BatchNorm layers stay non-trainable even inside the trainable
+    # range (Keras' fine-tuning advice); "trainable": they follow the strategy.
+    bn: str = "frozen"
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    path: Optional[str] = None
+    # synthetic only: generated images, deterministic from `seed`.
+    num_classes: int = 2
+    images_per_class: int = 30
+    source_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class OptimizerConf:
+    name: str = "rmsprop"
+    momentum: float = 0.0
+    weight_decay: Optional[float] = None
+
+
+@dataclass
+class AugmentConf:
+    name: str = "none"
+    rotation: float = 0.0  # degrees, as ImageDataGenerator's rotation_range
+    width_shift: float = 0.0
+    height_shift: float = 0.0
+    shear: float = 0.0
+    zoom: float = 0.0
+    horizontal_flip: bool = False
+
+
+@dataclass
+class HeadConf:
+    pooling: str = "flatten"
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = 5
+    batch_size: int = 32
+    steps_per_epoch: Optional[int] = None
+    validation_steps: Optional[int] = None
+    verbose: int = 1
+    # "auto": sweep jobs run in a worker process replaced every
+    # `jobs_per_process` jobs (bounded memory, see isolate.py); single runs
+    # in-process. "process": always a worker. "off": always in-process.
+    isolate: str = "auto"
+    jobs_per_process: int = 8
+
+
+@dataclass
+class TrackingConf:
+    uri: Optional[str] = None
+    experiment: str = "transferlab"
+    artifact_root: Optional[str] = None
+    skip_finished: bool = True
+
+
+@dataclass
+class Config:
+    backbone: BackboneConf = field(default_factory=BackboneConf)
+    freeze: FreezeConf = field(default_factory=FreezeConf)
+    dataset: DatasetConf = field(default_factory=DatasetConf)
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    augment: AugmentConf = field(default_factory=AugmentConf)
+    head: HeadConf = field(default_factory=HeadConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    lr: float = 1e-4
+    image_size: Optional[int] = None
+    seed: int = 42
+    root_dir: str = "."
+    data_dir: str = "data"
+    # Filled by Hydra from experiments/*.yaml; the name ends up as a tag.
+    name: Optional[str] = None
+
+
+OPTIMIZERS = ("rmsprop", "adam", "sgd", "adamw")
+POOLINGS = ("flatten", "gap")
+DATASETS = ("synthetic", "cats_dogs", "folder")
+BN_POLICIES = ("frozen", "trainable")
+ISOLATE = ("auto", "process", "off")
+
+
+def register() -> None:
+    """Registers the schema and the ``cwd`` resolver; idempotent."""
+    ConfigStore.instance().store(name="transferlab_schema", node=Config)
+    if not OmegaConf.has_resolver("cwd"):
+        OmegaConf.register_new_resolver("cwd", os.getcwd)
+
+
+def _choose(value: Any, allowed, what: str, fix: str) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"Unknown {what} {value!r}.{hint} Allowed: {', '.join(map(str, allowed))}. "
+            f"Fix: {fix}"
+        )
+
+
+def input_size(cfg: DictConfig) -> int:
+    """The image side length a job trains at: ``image_size`` or the backbone's own."""
+    return int(cfg.image_size or spec(cfg.backbone.name).default_size)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks a composed config; raises ConfigError naming the bad value.
+
+    Args:
+        cfg: the composed job config (``Config`` schema).
+
+    Raises:
+        ConfigError: with the bad value, the allowed ones and the override to fix it.
+    """
+    _choose(cfg.backbone.name, sorted(BACKBONES), "backbone",
+            "pass backbone=<name>, e.g. backbone=vgg19.")
+    bb = spec(cfg.backbone.name)
+    _choose(cfg.freeze.strategy, STRATEGIES, "freeze strategy",
+            "pass freeze=<strategy>, e.g. freeze=all or freeze=last4.")
+    _choose(cfg.freeze.bn, BN_POLICIES, "freeze.bn policy", "freeze.bn=frozen.")
+    _choose(cfg.optimizer.name, OPTIMIZERS, "optimizer", "optimizer=rmsprop.")
+    _choose(cfg.head.pooling, POOLINGS, "head", "head=flatten or head=gap.")
+    _choose(cfg.dataset.name, DATASETS, "dataset", "dataset=synthetic.")
+    _choose(cfg.trainer.isolate, ISOLATE, "trainer.isolate", "trainer.isolate=auto.")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr must be > 0, got lr={cfg.lr}. Fix: e.g. lr=1e-4.")
+    if cfg.trainer.epochs < 1:
+        raise ConfigError(f"trainer.epochs must be >= 1, got {cfg.trainer.epochs}.")
+    if cfg.trainer.jobs_per_process < 1:
+        raise ConfigError(f"trainer.jobs_per_process must be >= 1, got {cfg.trainer.jobs_per_process}.")
+    if cfg.trainer.batch_size < 1:
+        raise ConfigError(f"trainer.batch_size must be >= 1, got {cfg.trainer.batch_size}.")
+    for key in ("steps_per_epoch", "validation_steps"):
+        v = cfg.trainer[key]
+        if v is not None and v < 1:
+            raise ConfigError(f"trainer.{key} must be >= 1 or null (whole split), got {v}.")
+    if not 0 <= cfg.head.dropout < 1:
+        raise ConfigError(f"head.dropout must be in [0, 1), got {cfg.head.dropout}.")
+    size = input_size(cfg)
+    if size < bb.min_size:
+        raise ConfigError(
+            f"image_size={size} is below the minimum input size of {cfg.backbone.name} "
+            f"({bb.min_size} px). Fix: image_size={bb.min_size} or larger "
+            f"(its default is {bb.default_size})."
+        )
+    _validate_freeze(cfg, bb)
+    _validate_dataset(cfg)
+    w = cfg.backbone.weights
+    if w not in (None, "imagenet") and not os.path.isfile(w):
+        raise ConfigError(
+            f"backbone.weights={w!r} is neither 'imagenet', null nor an existing file. "
+            "Fix: backbone.weights=imagenet (download), backbone.weights=null "
+            "(random init) or the path to a local .h5/.weights.h5 file."
+        )
+
+
+def _validate_freeze(cfg: DictConfig, bb) -> None:
+    s = cfg.freeze
+    if s.strategy in ("last_n", "last_blocks"):
+        if s.n is None or s.n < 0:
+            raise ConfigError(
+                f"freeze={s.strategy} needs freeze.n >= 0 (how many "
+                f"{'layers' if s.strategy == 'last_n' else 'blocks'} to train), got {s.n}."
+            )
+        if s.strategy == "last_n" and s.n > bb.num_layers:
+            raise ConfigError(
+                f"freeze.n={s.n} is larger than {cfg.backbone.name}'s {bb.num_layers} layers. "
+                f"Fix: freeze.n between 0 and {bb.num_layers}, or freeze=none."
+            )
+        if s.strategy == "last_blocks" and not bb.block_regex:
+            raise ConfigError(
+                f"{cfg.backbone.name}'s layer names carry no block structure, so "
+                "freeze=last_blocks cannot apply. Fix: freeze=last_n freeze.n=<layers> "
+                "or freeze=from_layer freeze.layer=<layer name>."
+            )
+    if s.strategy == "from_layer" and not s.layer:
+        raise ConfigError("freeze=from_layer needs freeze.layer=<layer name of the base>.")
+
+
+def _validate_dataset(cfg: DictConfig) -> None:
+    d = cfg.dataset
+    if d.name == "synthetic":
+        if not 2 <= d.num_classes <= 8:
+            raise ConfigError(f"dataset.num_classes must be 2..8, got {d.num_classes}.")
+        if d.images_per_class < 3:
+            raise ConfigError(
+                f"dataset.images_per_class must be >= 3 (one per split), got {d.images_per_class}."
+            )
+        return
+    if not d.path:
+        raise ConfigError(f"dataset={d.name} needs dataset.path=<folder with train/ validation/ test/>.")
+    if not os.path.isdir(d.path):
+        where = (" Put the lecture data there as {train,validation,test}/{cats,dogs}/, or "
+                 "point data_dir=<folder holding cats_dogs/> at it." if d.name == "cats_dogs" else "")
+        raise ConfigError(
+            f"dataset.path={d.path!r} does not exist. It must hold train/, validation/ and "
+            f"test/, each with one sub-folder per class.{where}"
+        )

@@ -1,0 +1,160 @@
+"""The classifier: inputs -> [augmentation] -> preprocess_input -> base -> head.
+
+Pixels enter as float 0-255 (never divided by 255): each backbone's own
+``preprocess_input`` runs inside the model, so a saved model takes raw images.
+The base is called with ``training=False`` so its BatchNorm layers stay in
+inference mode even when their weights are trainable (the Keras fine-tuning
+guide's advice); augmentation layers are only active during ``fit``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from transferlab import backbones, freeze
+from transferlab.config import input_size
+
+
+@keras.saving.register_keras_serializable(package="transferlab")
+class Preprocess(keras.layers.Layer):
+    """Applies a backbone's ``preprocess_input``; serialisable by backbone name."""
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self._fn = backbones.preprocess_fn(backbone)
+
+    def call(self, x):
+        return self._fn(x)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def augmentation(aug_cfg, seed: int):
+    """The lecture's ImageDataGenerator settings as Keras preprocessing layers.
+
+    ``rotation_range=40`` (degrees) becomes ``RandomRotation(40/360)`` (a
+    fraction of a full turn); shifts keep their fractions. ImageDataGenerator's
+    ``shear_range`` is an angle in *degrees* (x only), so it becomes
+    ``RandomShear(x_factor=tan(angle))``: the lecture's 0.2 is a tiny shear,
+    reproduced as such. Its ``zoom_range=0.2`` zooms x and y independently
+    in [0.8, 1.2], hence both factors of ``RandomZoom``.
+
+    Returns:
+        A ``keras.Sequential`` or None when nothing is enabled.
+    """
+    L = keras.layers
+    layers = []
+    if aug_cfg.rotation:
+        layers.append(L.RandomRotation(aug_cfg.rotation / 360.0, fill_mode="nearest", seed=seed))
+    if aug_cfg.width_shift or aug_cfg.height_shift:
+        layers.append(L.RandomTranslation(aug_cfg.height_shift, aug_cfg.width_shift,
+                                          fill_mode="nearest", seed=seed + 1))
+    if aug_cfg.shear:
+        layers.append(L.RandomShear(x_factor=math.tan(math.radians(aug_cfg.shear)),
+                                    fill_mode="nearest", seed=seed + 2))
+    if aug_cfg.zoom:
+        z = (-aug_cfg.zoom, aug_cfg.zoom)
+        layers.append(L.RandomZoom(z, z, fill_mode="nearest", seed=seed + 3))
+    if aug_cfg.horizontal_flip:
+        layers.append(L.RandomFlip("horizontal", seed=seed + 4))
+    return keras.Sequential(layers, name="augment") if layers else None
+
+
+def build_optimizer(cfg):
+    """The configured optimizer at the top-level learning rate ``cfg.lr``."""
+    o, lr = cfg.optimizer, float(cfg.lr)
+    if o.name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=lr, momentum=o.momentum)
+    if o.name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    if o.name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=o.weight_decay or 0.004)
+    if o.name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=o.momentum)
+    raise ValueError(f"Unknown optimizer {o.name!r}")
+
+
+def compile_model(model, cfg, num_classes: int) -> None:
+    """(Re)compiles; required after any change of ``trainable``."""
+    loss = "binary_crossentropy" if num_classes == 2 else "categorical_crossentropy"
+    model.compile(optimizer=build_optimizer(cfg), loss=loss, metrics=["accuracy"])
+
+
+def build_model(cfg, num_classes: int):
+    """Builds and compiles the classifier for one job.
+
+    Args:
+        cfg: the validated job config.
+        num_classes: 2 gives Dense(1, sigmoid) + binary cross-entropy (the
+            lecture); more gives Dense(k, softmax) + categorical cross-entropy.
+
+    Returns:
+        ``(model, base, plan)``: the compiled model, its backbone and the
+        applied ``freeze.FreezePlan``.
+    """
+    size = input_size(cfg)
+    keras.utils.set_random_seed(cfg.seed)
+    spec = backbones.spec(cfg.backbone.name)
+    base = backbones.build(cfg.backbone.name, size, cfg.backbone.weights)
+    plan = freeze.apply(base, cfg.freeze, spec.block_regex)
+
+    inputs = keras.Input((size, size, 3), name="image")
+    x = inputs
+    aug = augmentation(cfg.augment, cfg.seed)
+    if aug is not None:
+        x = aug(x)
+    x = Preprocess(cfg.backbone.name, name="preprocess")(x)
+    x = base(x, training=False)
+    if cfg.head.pooling == "flatten":
+        x = keras.layers.Flatten(name="head_flatten")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="head_gap")(x)
+    if cfg.head.dropout:
+        x = keras.layers.Dropout(cfg.head.dropout, name="head_dropout")(x)
+    if num_classes == 2:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="predictions")(x)
+    else:
+        outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, outputs, name=f"{cfg.backbone.name}_classifier")
+    compile_model(model, cfg, num_classes)
+    return model, base, plan
+
+
+def calibrate_batchnorm(base, backbone: str, images) -> int:
+    """Sets a randomly initialised base's BatchNorm statistics from real images.
+
+    A base built with ``weights=None`` has moving mean 0 and variance 1 in
+    every BatchNorm layer; called in inference mode (as the model calls it)
+    its activations then shrink layer after layer until the features are
+    constant (measured: std ~1e-11 at the output of MobileNetV2/V3), so
+    nothing can be learnt. One forward pass in training mode with momentum 0
+    replaces those statistics by the batch's, layer by layer. Pretrained
+    bases are never touched: their ImageNet statistics are what transfer.
+
+    Args:
+        base: the backbone model (weights=None).
+        backbone: its registry name (for ``preprocess_input``).
+        images: a float32 batch of 0-255 training images.
+
+    Returns:
+        The number of BatchNorm layers calibrated.
+    """
+    bns = [l for l in base._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    saved = [(l.trainable, l.momentum) for l in bns]
+    for l in bns:
+        l.trainable, l.momentum = True, 0.0
+    base(backbones.preprocess_fn(backbone)(images), training=True)
+    for l, (trainable, momentum) in zip(bns, saved):
+        l.trainable, l.momentum = trainable, momentum
+    return len(bns)
+
+
+def param_counts(model) -> tuple[int, int]:
+    """(total, trainable) parameter counts, as ``model.summary()`` shows them."""
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    total = trainable + sum(math.prod(w.shape) for w in model.non_trainable_weights)
+    return total, trainable

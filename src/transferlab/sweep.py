@@ -1,0 +1,127 @@
+"""The Hydra callback around a sweep: validate every job, one parent MLflow run, summary.
+
+Hydra calls ``on_multirun_start`` in the launching process before any job
+runs, which is where the SQLite schema and the experiment must be created
+(several processes creating them at once can corrupt the store), and where
+every job's config can be checked before TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from datetime import datetime
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from transferlab import tracking
+from transferlab.config import validate
+
+
+def _task_config(config: DictConfig) -> DictConfig:
+    cfg = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def job_configs(config: DictConfig) -> list[DictConfig]:
+    """Composes every job of a basic-sweeper sweep (as the launcher will).
+
+    Returns an empty list for sweepers whose jobs are not known up front
+    (e.g. Optuna), which then validate job by job.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+        batches = BasicSweeper.split_arguments(parsed, None)
+    except Exception:
+        return []
+    loader = GlobalHydra.instance().config_loader()
+    return [_task_config(loader.load_sweep_config(config, list(job)))
+            for batch in batches for job in batch]
+
+
+class SweepCallback(Callback):
+    """Opens and closes the sweep's MLflow record and reports on it."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.n_jobs = 0
+
+    # -- multirun -------------------------------------------------------
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns exceptions raised by callbacks into warnings and carries
+        # on; a sweep that cannot start must stop here, so exit explicitly.
+        try:
+            self._start(config)
+        except Exception as e:
+            print(f"[transferlab] error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def _start(self, config: DictConfig) -> None:
+        from transferlab import data
+
+        jobs = job_configs(config)
+        for cfg in jobs:
+            validate(cfg)  # a bad value in any job stops the sweep before TF loads
+        from transferlab.job import dataset_path
+
+        # Check folders and generate synthetic data here, once: parallel jobs
+        # must not race to write the same files.
+        for path in sorted({str(dataset_path(c)) for c in jobs}):
+            data.scan(path)  # missing split, differing class folders, empty class
+        self.n_jobs = len(jobs)
+        cfg = _task_config(config)
+        sweep_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.parent_run_id = tracking.start_sweep(cfg, sweep_id, config.hydra.sweep.dir)
+        print(f"[transferlab] sweep {sweep_id}: {len(jobs) or 'unknown number of'} jobs, "
+              f"MLflow parent run {self.parent_run_id} in {tracking.tracking_uri(cfg)}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from transferlab import isolate
+
+        isolate.shutdown()
+        cfg = _task_config(config)
+        uri = tracking.tracking_uri(cfg)
+        c = tracking.client(uri)
+        parent = c.get_run(self.parent_run_id)
+        children = c.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+            order_by=["attributes.start_time ASC"])
+        failed = [r for r in children if r.info.status != "FINISHED"]
+        skipped = {k: v for k, v in parent.data.tags.items() if k.startswith("skipped.")}
+        # A job that failed before its run was created (bad data found late)
+        # leaves no run: count it from the number of jobs composed up front.
+        lost = max(0, self.n_jobs - len(children) - len(skipped))
+        c.set_terminated(self.parent_run_id, "FAILED" if failed or lost else "FINISHED")
+        print(f"\n[transferlab] sweep done: {len(children) - len(failed)} finished, "
+              f"{len(failed)} failed, {len(skipped)} skipped (already finished)"
+              + (f", {lost} failed before their run started (see the log above)" if lost else ""))
+        for r in failed:
+            print(f"  {r.info.status}: {r.data.tags.get('mlflow.runName')} "
+                  f"[{r.data.tags.get('hydra_overrides', '')}]: {r.data.tags.get('error', '')}")
+        print(f"[transferlab] MLflow store: {uri}")
+        print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")
+        os.environ.pop(tracking.ENV_PARENT, None)
+        os.environ.pop(tracking.ENV_SWEEP, None)
+        if failed or lost:
+            sys.exit(1)
+
+    # -- single run -----------------------------------------------------
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        tracking.ensure_experiment(_task_config(config))
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        uri = tracking.tracking_uri(_task_config(config))
+        print(f"[transferlab] MLflow store: {uri}")
+        print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")

@@ -1,0 +1,138 @@
+"""MLflow plumbing: the store, the sweep's parent run, one child run per job.
+
+Everything goes through ``mlflow.MlflowClient`` with an explicit tracking
+URI, so runs land in one store whatever working directory a launcher gives
+a job, and nothing depends on MLflow's global "active run" state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# The launching process puts the sweep's identity here; jobs (same process,
+# or child processes of joblib / submitit) read it back.
+ENV_PARENT = "TRANSFERLAB_PARENT_RUN_ID"
+ENV_SWEEP = "TRANSFERLAB_SWEEP_ID"
+
+# Keys that do not change what a job computes, so they stay out of the hash
+# (re-running with more verbose logs is the same job).
+_HASH_EXCLUDE = ("tracking", "trainer.verbose", "trainer.isolate", "trainer.jobs_per_process", "root_dir", "data_dir", "name")
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """``tracking.uri`` or the default SQLite store under ``<root>/mlruns``."""
+    if cfg.tracking.uri:
+        return str(cfg.tracking.uri)
+    return f"sqlite:///{default_store_dir(cfg) / 'mlflow.db'}"
+
+
+def default_store_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.root_dir).resolve() / "mlruns"
+
+
+def artifact_root(cfg: DictConfig) -> str | None:
+    """Where a new experiment keeps artifacts (next to the default store)."""
+    if cfg.tracking.artifact_root:
+        return str(cfg.tracking.artifact_root)
+    if cfg.tracking.uri:
+        return None  # a server decides
+    return (default_store_dir(cfg) / "artifacts").as_uri()
+
+
+def ui_command(uri: str) -> str:
+    """The exact ``mlflow ui`` line for a store."""
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(cfg: DictConfig) -> str:
+    """Creates the store's schema and the experiment once; returns its id.
+
+    Called in the launching process before any job starts: several processes
+    creating a fresh SQLite schema at once can corrupt it.
+    """
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    c = client(uri)
+    exp = c.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root(cfg))
+    except Exception:  # created meanwhile by another process (mlflow issue 4123)
+        exp = c.get_experiment_by_name(cfg.tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config flattened to dotted keys, as MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out[key] = str(v)[:6000]
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A stable hash of everything that determines a job's result."""
+    params = flat_params(cfg)
+    keep = {k: v for k, v in params.items()
+            if not any(k == e or k.startswith(e + ".") for e in _HASH_EXCLUDE)}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def freeze_label(freeze_cfg) -> str:
+    """The name a strategy goes by in tags and reports (``last4`` = last_n n=4)."""
+    s = freeze_cfg.strategy
+    if s == "last_n":
+        return f"last{freeze_cfg.n}"
+    if s == "last_blocks":
+        return f"last{freeze_cfg.n}blocks"
+    if s == "from_layer":
+        return f"from:{freeze_cfg.layer}"
+    return s
+
+
+def run_name(cfg: DictConfig) -> str:
+    return f"{cfg.backbone.name}-{freeze_label(cfg.freeze)}-lr{cfg.lr:g}-s{cfg.seed}"
+
+
+def find_runs(c, experiment_id: str, chash: str, status: str | None = None):
+    """Job runs of this config hash, newest first."""
+    f = f"tags.config_hash = '{chash}' AND tags.`transferlab.role` = 'job'"
+    if status:
+        f += f" AND attributes.status = '{status}'"
+    return c.search_runs([experiment_id], filter_string=f, order_by=["attributes.start_time DESC"])
+
+
+def start_sweep(cfg: DictConfig, sweep_id: str, sweep_dir: str | None) -> str:
+    """Creates the sweep's parent run and exports its id to the jobs."""
+    c = client(tracking_uri(cfg))
+    exp_id = ensure_experiment(cfg)
+    tags = {"sweep_id": sweep_id, "transferlab.role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"}
+    if sweep_dir:
+        tags["sweep_dir"] = str(sweep_dir)
+    run = c.create_run(exp_id, tags=tags)
+    os.environ[ENV_PARENT] = run.info.run_id
+    os.environ[ENV_SWEEP] = sweep_id
+    return run.info.run_id
