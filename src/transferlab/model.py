@@ -2,9 +2,10 @@
 
 Pixels enter as float 0-255 (never divided by 255): each backbone's own
 ``preprocess_input`` runs inside the model, so a saved model takes raw images.
-The base is called with ``training=False`` so its BatchNorm layers stay in
-inference mode even when their weights are trainable (the Keras fine-tuning
-guide's advice); augmentation layers are only active during ``fit``.
+The base always runs with ``training=False`` (see ``InferenceMode``) so its
+BatchNorm layers stay in inference mode even when their weights are
+trainable (the Keras fine-tuning guide's advice); augmentation layers are
+only active during ``fit``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,37 @@ class Preprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "backbone": self.backbone}
+
+
+@keras.saving.register_keras_serializable(package="transferlab")
+class InferenceMode(keras.layers.Layer):
+    """Runs the wrapped base with ``training=False`` always, also inside ``fit``.
+
+    ``base(x, training=False)`` in a functional model is not enough in Keras 3:
+    when the outer model runs, ``Functional`` injects the caller's ``training``
+    into every layer that takes it, overriding the recorded ``False``
+    (keras/src/models/functional.py, ``operation_fn``; measured: BatchNorm
+    moving statistics changed during ``fit``). This layer's ``call`` has no
+    ``training`` argument, so nothing is injected, and it passes ``False`` on.
+    """
+
+    def __init__(self, base, **kwargs):
+        super().__init__(**kwargs)
+        self.base = base
+
+    def call(self, x):
+        return self.base(x, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.base.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base)}
+
+    @classmethod
+    def from_config(cls, config):
+        config["base"] = keras.saving.deserialize_keras_object(config["base"])
+        return cls(**config)
 
 
 def augmentation(aug_cfg, seed: int):
@@ -108,7 +140,7 @@ def build_model(cfg, num_classes: int):
     if aug is not None:
         x = aug(x)
     x = Preprocess(cfg.backbone.name, name="preprocess")(x)
-    x = base(x, training=False)
+    x = InferenceMode(base, name="base")(x)  # BatchNorm stays in inference mode
     if cfg.head.pooling == "flatten":
         x = keras.layers.Flatten(name="head_flatten")(x)
     else:

@@ -1,0 +1,83 @@
+"""The classifier: preprocessing inside, base in inference mode, heads, augmentation."""
+
+import keras
+import numpy as np
+
+from transferlab.model import augmentation, build_model, calibrate_batchnorm
+
+
+def _bn_stats(base):
+    return [(l.name, l.moving_mean.numpy().copy(), l.moving_variance.numpy().copy())
+            for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
+
+
+def test_fine_tuning_keeps_batchnorm_statistics(compose):
+    """freeze=none with trainable BN: weights change, moving statistics do not."""
+    cfg = compose(["backbone=mobilenetv2", "backbone.weights=null", "image_size=32",
+                   "freeze=none", "freeze.bn=trainable", "lr=1e-2"])
+    model, base, _ = build_model(cfg, num_classes=2)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = np.arange(16, dtype="float32").reshape(-1, 1) % 2
+    calibrate_batchnorm(base, "mobilenetv2", x)
+    before = _bn_stats(base)
+    kernel = base.get_layer("Conv1").kernel.numpy().copy()
+    gamma = base.get_layer("bn_Conv1").gamma.numpy().copy()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert not np.allclose(kernel, base.get_layer("Conv1").kernel.numpy())
+    assert not np.allclose(gamma, base.get_layer("bn_Conv1").gamma.numpy())
+    for (name, m0, v0), (_, m1, v1) in zip(before, _bn_stats(base)):
+        np.testing.assert_array_equal(m0, m1, err_msg=name)
+        np.testing.assert_array_equal(v0, v1, err_msg=name)
+
+
+def test_calibration_gives_a_random_base_usable_features(compose):
+    cfg = compose(["backbone=mobilenetv3small", "backbone.weights=null", "image_size=32"])
+    _, base, _ = build_model(cfg, num_classes=2)
+    from transferlab.backbones import preprocess_fn
+
+    x = np.random.default_rng(1).uniform(0, 255, (32, 32, 32, 3)).astype("float32")
+    feats = lambda: np.asarray(base(preprocess_fn("mobilenetv3small")(x), training=False))  # noqa: E731
+    assert feats().std(axis=0).mean() < 1e-6  # untouched random BN: constant features
+    assert calibrate_batchnorm(base, "mobilenetv3small", x) > 10
+    assert feats().std(axis=0).mean() > 1e-2
+    assert not any(l.trainable for l in base.layers)  # calibration restored the freeze
+
+
+def test_model_takes_raw_pixels_and_heads_match_classes(compose):
+    cfg = compose(["backbone=vgg16", "backbone.weights=null", "image_size=32", "head=gap"])
+    model, _, _ = build_model(cfg, num_classes=3)
+    names = [l.name for l in model.layers]
+    assert names[:3] == ["image", "preprocess", "base"]
+    assert model.get_layer("base").base.name == "vgg16"
+    assert "head_gap" in names and "head_dropout" in names
+    out = model.layers[-1]
+    assert out.units == 3 and out.activation.__name__ == "softmax"
+    assert model.loss == "categorical_crossentropy"
+    model2, _, _ = build_model(compose(["backbone=vgg16", "backbone.weights=null",
+                                        "image_size=32"]), num_classes=2)
+    assert model2.layers[-1].units == 1 and model2.layers[-1].activation.__name__ == "sigmoid"
+    assert model2.loss == "binary_crossentropy" and "head_flatten" in [l.name for l in model2.layers]
+
+
+def test_lecture_augmentation_layers_and_training_only(compose):
+    cfg = compose(["augment=lecture"])
+    aug = augmentation(cfg.augment, seed=0)
+    kinds = [type(l).__name__ for l in aug.layers]
+    assert kinds == ["RandomRotation", "RandomTranslation", "RandomShear", "RandomZoom", "RandomFlip"]
+    rot = aug.layers[0]
+    assert np.isclose(max(abs(v) for v in rot.factor), 40 / 360)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
+    assert not np.allclose(np.asarray(aug(x, training=True)), x)
+    assert augmentation(compose(["augment=none"]).augment, seed=0) is None
+
+
+def test_saved_model_round_trip(compose, tmp_path):
+    """The wrapper and preprocessing layers serialise: a .keras file predicts the same."""
+    model, _, _ = build_model(compose(["backbone=mobilenetv3small", "backbone.weights=null",
+                                       "image_size=32", "augment=flip"]), num_classes=3)
+    x = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(np.asarray(again.predict(x, verbose=0)),
+                               np.asarray(model.predict(x, verbose=0)), rtol=1e-5, atol=1e-6)
