@@ -73,6 +73,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "freeze": tracking.freeze_label(cfg.freeze),
         "config_hash": chash,
         "sweep_id": os.environ.get(tracking.ENV_SWEEP, "none"),
+        "pid": str(os.getpid()),
     }
     if parent:
         tags["mlflow.parentRunId"] = parent
