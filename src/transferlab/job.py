@@ -70,7 +70,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "mlflow.runName": tracking.run_name(cfg),
         "transferlab.role": "job",
         "backbone": cfg.backbone.name,
-        "freeze": tracking.freeze_label(cfg.freeze),
+        "freeze": tracking.freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer),
         "config_hash": chash,
         "sweep_id": os.environ.get(tracking.ENV_SWEEP, "none"),
         "pid": str(os.getpid()),
@@ -126,7 +126,7 @@ def _train_and_log(cfg: DictConfig, info, c, run_id: str) -> dict:
         c.set_tag(run_id, "bn_calibrated", f"{n_bn} BatchNorm layers from {len(images)} train images")
     t_build = time.perf_counter() - t0
     total, trainable = param_counts(model)
-    print(f"[transferlab] {cfg.backbone.name} @{size}px, freeze={tracking.freeze_label(cfg.freeze)}: "
+    print(f"[transferlab] {cfg.backbone.name} @{size}px, freeze={tracking.freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)}: "
           f"{plan.description}; params {total:,} total, {trainable:,} trainable")
     c.set_tag(run_id, "freeze_plan", plan.description)
 

@@ -12,6 +12,7 @@ import os
 import sys
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -112,10 +113,24 @@ class SweepCallback(Callback):
                   f"[{r.data.tags.get('hydra_overrides', '')}]: {r.data.tags.get('error', '')}")
         print(f"[transferlab] MLflow store: {uri}")
         print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")
+        self._report(c, uri, Path(config.hydra.sweep.dir) / "report")
         os.environ.pop(tracking.ENV_PARENT, None)
         os.environ.pop(tracking.ENV_SWEEP, None)
         if failed or lost:
             sys.exit(1)
+
+    def _report(self, c, uri: str, out: Path) -> None:
+        """The sweep's comparison report: files in the sweep folder, artifacts on the parent."""
+        from transferlab.report import log_report_artifacts, write_report
+
+        try:
+            paths = write_report(uri, out, run_ids=[self.parent_run_id])
+            log_report_artifacts(c, self.parent_run_id, paths)
+        except Exception as e:  # the runs are safe in MLflow; `transferlab report` can retry
+            print(f"[transferlab] report failed: {type(e).__name__}: {e}. Retry with: "
+                  f"transferlab report --tracking-uri {uri} --runs {self.parent_run_id} --out {out}")
+            return
+        print(f"[transferlab] report: {Path(paths['html']).resolve()}")
 
     # -- single run -----------------------------------------------------
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -21,7 +21,8 @@ ENV_SWEEP = "TRANSFERLAB_SWEEP_ID"
 
 # Keys that do not change what a job computes, so they stay out of the hash
 # (re-running with more verbose logs is the same job).
-_HASH_EXCLUDE = ("tracking", "trainer.verbose", "trainer.isolate", "trainer.jobs_per_process", "root_dir", "data_dir", "name")
+NON_RESULT_KEYS = ("tracking", "trainer.verbose", "trainer.isolate", "trainer.jobs_per_process",
+                   "root_dir", "data_dir", "name")
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -97,24 +98,23 @@ def config_hash(cfg: DictConfig) -> str:
     """A stable hash of everything that determines a job's result."""
     params = flat_params(cfg)
     keep = {k: v for k, v in params.items()
-            if not any(k == e or k.startswith(e + ".") for e in _HASH_EXCLUDE)}
+            if not any(k == e or k.startswith(e + ".") for e in NON_RESULT_KEYS)}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def freeze_label(freeze_cfg) -> str:
+def freeze_label(strategy: str, n=None, layer=None) -> str:
     """The name a strategy goes by in tags and reports (``last4`` = last_n n=4)."""
-    s = freeze_cfg.strategy
-    if s == "last_n":
-        return f"last{freeze_cfg.n}"
-    if s == "last_blocks":
-        return f"last{freeze_cfg.n}blocks"
-    if s == "from_layer":
-        return f"from:{freeze_cfg.layer}"
-    return s
+    if strategy == "last_n":
+        return f"last{n}"
+    if strategy == "last_blocks":
+        return f"last{n}blocks"
+    if strategy == "from_layer":
+        return f"from:{layer}"
+    return strategy
 
 
 def run_name(cfg: DictConfig) -> str:
-    return f"{cfg.backbone.name}-{freeze_label(cfg.freeze)}-lr{cfg.lr:g}-s{cfg.seed}"
+    return f"{cfg.backbone.name}-{freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)}-lr{cfg.lr:g}-s{cfg.seed}"
 
 
 def find_runs(c, experiment_id: str, chash: str, status: str | None = None):

@@ -1,0 +1,72 @@
+"""The ``transferlab`` command line: ``transferlab report ...`` (``predict`` to come).
+
+Kept free of TensorFlow imports: each subcommand imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="export a comparison report (HTML, Markdown, CSV) of MLflow runs",
+        description="Build report.html, report.md and leaderboard.csv for a selection of "
+                    "MLflow runs. --experiment, --sweep and --filter combine (AND); --runs "
+                    "stands alone (a sweep's parent run id stands for its jobs).")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+                        "project's store sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--experiment", metavar="NAME", help="all runs of this experiment")
+    p.add_argument("--sweep", metavar="ID", help="the runs tagged sweep_id=ID")
+    p.add_argument("--filter", metavar="F",
+                   help="MLflow search filter, e.g. "
+                        "\"params.lr = '1e-05' and tags.backbone = 'vgg19'\"")
+    p.add_argument("--runs", nargs="+", metavar="ID", help="explicit run ids")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--rows", metavar="KEY", help="matrix rows (default: backbone)")
+    p.add_argument("--cols", metavar="KEY", help="matrix columns (default: freeze)")
+    p.add_argument("--ui-url", metavar="URL",
+                   help="MLflow UI address, e.g. http://127.0.0.1:5000: run ids become links")
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not (args.experiment or args.sweep or args.filter or args.runs):
+        parser.error("report: select runs with --experiment, --sweep, --filter or --runs")
+    if args.runs and (args.experiment or args.sweep or args.filter):
+        parser.error("report: --runs cannot be combined with --experiment/--sweep/--filter")
+    from transferlab.report import ReportError, write_report
+
+    try:
+        paths = write_report(args.tracking_uri, args.out, experiment=args.experiment,
+                             sweep_id=args.sweep, filter_string=args.filter, run_ids=args.runs,
+                             rows=args.rows, cols=args.cols, ui_url=args.ui_url)
+    except (ReportError, ValueError) as exc:
+        print(f"transferlab report: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Markdown: {paths['md']}")
+    print(f"CSV:      {paths['csv']}")
+    print(f"Report:   {paths['html']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transferlab",
+        description="transferlab: compare pretrained Keras backbones x freezing strategies.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_report(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``transferlab`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The tidy table: one row per run, swept vs constant keys, configurations, matrices.
+
+A *field* is what a run varies in: the labels ``backbone`` and ``freeze``
+(from the run tags, falling back to the params) plus every logged param
+(dotted key). Keys whose value differs across the selection are *swept*; the
+*configuration* of a run is its swept fields except ``seed``, so runs that
+differ only in ``seed`` are replicates. Pure Python over RunRecords.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from transferlab import tracking
+from transferlab.report.collect import RunRecord
+from transferlab.report.stats import mean_std
+
+LABELS = ("backbone", "freeze")
+SEED = "seed"
+BASELINE = ("freeze", "all")  # transfer learning: the whole base frozen
+# Params that do not change what a job computes are never treated as swept, so
+# runs of two sweeps differing only in them still compare.
+NON_RESULT_KEYS = tracking.NON_RESULT_KEYS
+RESULT_COLUMNS = ("best_val_acc", "best_val_acc_epoch", "final_val_acc", "test_acc",
+                  "test_loss", "params_trainable", "params_total", "train_seconds",
+                  "train_images_per_s")
+
+
+def freeze_label(params: dict[str, str]) -> str | None:
+    """The freeze label (``all``, ``last4``, ``last2blocks``, ``from:x``) from params."""
+    if "freeze.strategy" not in params:
+        return None
+    return tracking.freeze_label(params["freeze.strategy"], params.get("freeze.n"),
+                                 params.get("freeze.layer"))
+
+
+def fields_of(rec: RunRecord) -> dict[str, str | None]:
+    out: dict[str, str | None] = dict(rec.params)
+    out["backbone"] = rec.tags.get("backbone") or rec.params.get("backbone.name")
+    out["freeze"] = rec.tags.get("freeze") or freeze_label(rec.params)
+    return out
+
+
+def _natural(value) -> tuple:
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(value))
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
+
+
+def sort_values(key: str, values) -> list:
+    """Values of one key in display order: numbers numerically, freeze from frozen to free."""
+    vals = list(dict.fromkeys(values))
+    present = [v for v in vals if v is not None]
+    try:
+        ordered = sorted(present, key=float)
+    except (TypeError, ValueError):
+        if key == "freeze":
+            rank = {"all": 0, "none": 2}
+            ordered = sorted(present, key=lambda v: (rank.get(v, 1), _natural(v)))
+        else:
+            ordered = sorted(present, key=_natural)
+    return ordered + ([None] if None in vals else [])
+
+
+def determined(key: str, by: list[str], rows: list[dict]) -> bool:
+    """True when the value of ``key`` is a function of the values of ``by``."""
+    seen: dict[tuple, object] = {}
+    for r in rows:
+        k = tuple(r.get(b) for b in by)
+        if seen.setdefault(k, r.get(key)) != r.get(key):
+            return False
+    return True
+
+
+def _seed(rec: RunRecord) -> str:
+    return rec.params.get(SEED, rec.run_id)
+
+
+def _best_val(rec: RunRecord) -> tuple[float | None, int | None, float | None]:
+    hist = rec.history.get("val_acc") or []
+    if not hist:
+        return None, None, rec.metrics.get("val_acc")
+    best_step, best = max(hist, key=lambda sv: (sv[1], -sv[0]))
+    return best, best_step, hist[-1][1]
+
+
+@dataclass
+class Config:
+    """One configuration: its swept values and its replicate runs."""
+
+    values: dict[str, str | None]
+    runs: list[RunRecord] = field(default_factory=list)        # finished, one per seed
+    incomplete: list[RunRecord] = field(default_factory=list)  # failed, running, no test_acc
+    superseded: list[RunRecord] = field(default_factory=list)  # older finished run of a seed
+
+    def get(self, key):
+        return self.values.get(key)
+
+    @property
+    def seeds(self) -> dict[str, RunRecord]:
+        return {_seed(r): r for r in self.runs}
+
+    @property
+    def unresolved(self) -> list[RunRecord]:
+        """Incomplete runs whose seed has no finished run (a retried seed is resolved)."""
+        done = self.seeds
+        return [r for r in self.incomplete if _seed(r) not in done]
+
+    def stat(self, metric: str = "test_acc"):
+        vals = [r.metrics[metric] for r in self.runs if metric in r.metrics]
+        return mean_std(vals) if vals else None
+
+
+@dataclass
+class Cell:
+    mean: float | None
+    std: float | None
+    n: int
+    n_incomplete: int
+    best: bool = False
+    delta: float | None = None
+
+
+@dataclass
+class Matrix:
+    facet: dict[str, str | None]
+    row_values: list
+    col_values: list
+    cells: dict[tuple, Cell]
+    baseline_col: str | None
+
+
+@dataclass
+class Table:
+    records: list[RunRecord]
+    fields: dict[str, dict[str, str | None]]   # run_id -> fields
+    swept: list[str]                           # all swept keys, labels first
+    shown: list[str]                           # swept keys the leaderboard shows
+    constant: dict[str, str]
+    rows_key: str
+    cols_key: str
+    facet_keys: list[str]
+    config_keys: list[str]
+    configs: list[Config]
+
+    def determined(self, key: str, by: list[str]) -> bool:
+        return determined(key, by, list(self.fields.values()))
+
+    def complete(self, rec: RunRecord) -> bool:
+        return rec.finished and "test_acc" in rec.metrics
+
+    def leaderboard(self) -> list[dict]:
+        """One dict per run, best test accuracy first (incomplete runs last)."""
+        out = []
+        for rec in self.records:
+            best, best_epoch, final = _best_val(rec)
+            row = {k: self.fields[rec.run_id].get(k) for k in self.shown}
+            row.update(run_name=rec.name, status=rec.status, best_val_acc=best,
+                       best_val_acc_epoch=best_epoch, final_val_acc=final,
+                       run_id=rec.run_id, experiment_id=rec.experiment_id)
+            for m in RESULT_COLUMNS[3:]:
+                row[m] = rec.metrics.get(m)
+            out.append(row)
+        return sorted(out, key=lambda r: (r["test_acc"] is None, -(r["test_acc"] or 0.0),
+                                          r["run_name"], r["run_id"]))
+
+    @cached_property
+    def matrices(self) -> list[Matrix]:
+        """One matrix per combination of facet values (rows x cols, mean over seeds)."""
+        by_facet: dict[tuple, list[Config]] = defaultdict(list)
+        for cfg in self.configs:
+            by_facet[tuple(cfg.get(k) for k in self.facet_keys)].append(cfg)
+        facet_order = _combo_order(self.facet_keys, list(by_facet))
+        baseline_col = BASELINE[1] if self.cols_key == BASELINE[0] else None
+        out = []
+        for fv in facet_order:
+            cfgs = by_facet[fv]
+            rows = sort_values(self.rows_key, [c.get(self.rows_key) for c in cfgs])
+            cols = sort_values(self.cols_key, [c.get(self.cols_key) for c in cfgs])
+            cells: dict[tuple, Cell] = {}
+            accs: dict[tuple, list[float]] = defaultdict(list)
+            for cfg in cfgs:
+                key = (cfg.get(self.rows_key), cfg.get(self.cols_key))
+                cell = cells.setdefault(key, Cell(None, None, 0, 0))
+                cell.n_incomplete += len(cfg.unresolved)
+                accs[key] += [r.metrics["test_acc"] for r in cfg.runs]
+            for key, vals in accs.items():
+                if vals:
+                    cells[key].mean, cells[key].std, cells[key].n = mean_std(vals)
+            for rv in rows:
+                row = [cells[(rv, cv)] for cv in cols if (rv, cv) in cells]
+                means = [c.mean for c in row if c.mean is not None]
+                for c in row:
+                    c.best = c.mean is not None and c.mean == max(means)
+                base = cells.get((rv, baseline_col))
+                if base is not None and base.mean is not None:
+                    for cv in cols:
+                        c = cells.get((rv, cv))
+                        if c is not None and c.mean is not None and cv != baseline_col:
+                            c.delta = c.mean - base.mean
+            out.append(Matrix(dict(zip(self.facet_keys, fv)), rows, cols, cells, baseline_col))
+        return out
+
+
+def _combo_order(keys: list[str], combos: list[tuple]) -> list[tuple]:
+    ranks = [{v: i for i, v in enumerate(sort_values(k, [c[j] for c in combos]))}
+             for j, k in enumerate(keys)]
+    return sorted(combos, key=lambda c: tuple(ranks[j][v] for j, v in enumerate(c)))
+
+
+def build_table(records: list[RunRecord], rows: str | None = None,
+                cols: str | None = None) -> Table:
+    """Analyses the selection: swept/constant keys, facets and configurations.
+
+    Raises:
+        ValueError: ``rows``/``cols`` names no field of the runs (message lists them).
+    """
+    fields = {r.run_id: fields_of(r) for r in records}
+    rows_f = list(fields.values())
+    keys = sorted({k for f in rows_f for k in f})
+    values = {k: {f.get(k) for f in rows_f} - {None} for k in keys}
+    swept = [k for k in LABELS if len(values.get(k, ())) > 1]
+    swept += [k for k in keys if k not in LABELS and len(values[k]) > 1
+              and not any(k == e or k.startswith(e + ".") for e in NON_RESULT_KEYS)]
+    constant = {k: next(iter(values[k])) for k in keys if len(values[k]) == 1}
+    rows_key, cols_key = rows or "backbone", cols or "freeze"
+    for k in (rows_key, cols_key):
+        if k not in values:
+            raise ValueError(f"unknown key {k!r} for --rows/--cols; the runs have: "
+                             f"{', '.join(list(LABELS) + [x for x in keys if x not in LABELS])}")
+    shown = [k for k in swept if not any(
+        k.startswith(label + ".") and determined(k, [label], rows_f) for label in LABELS)]
+    facet_keys: list[str] = []
+    for k in swept:
+        if k in (SEED, rows_key, cols_key):
+            continue
+        if not determined(k, [rows_key, cols_key] + facet_keys, rows_f):
+            facet_keys.append(k)
+    config_keys = [k for k in swept if k != SEED]
+    for k in (rows_key, cols_key):
+        if k not in config_keys:
+            config_keys.append(k)
+    configs: dict[tuple, Config] = {}
+    for rec in records:
+        f = fields[rec.run_id]
+        ck = tuple(f.get(k) for k in config_keys)
+        cfg = configs.setdefault(ck, Config({k: f.get(k) for k in config_keys}))
+        if rec.finished and "test_acc" in rec.metrics:
+            cfg.runs.append(rec)
+        else:
+            cfg.incomplete.append(rec)
+    order_keys = facet_keys + [rows_key, cols_key] + [
+        k for k in config_keys if k not in facet_keys + [rows_key, cols_key]]
+    ranks = {k: {v: i for i, v in enumerate(sort_values(k, [c.get(k) for c in configs.values()]))}
+             for k in order_keys}
+    ordered = sorted(configs.values(), key=lambda c: tuple(ranks[k][c.get(k)] for k in order_keys))
+    for cfg in ordered:
+        latest: dict[str, RunRecord] = {}
+        for r in sorted(cfg.runs, key=lambda r: (r.start_time or 0, r.run_id)):
+            if _seed(r) in latest:
+                cfg.superseded.append(latest[_seed(r)])
+            latest[_seed(r)] = r
+        cfg.runs = sorted(latest.values(), key=lambda r: (_natural(_seed(r)), r.run_id))
+        cfg.incomplete.sort(key=lambda r: (r.name, r.run_id))
+    return Table(records, fields, swept, shown, constant, rows_key, cols_key, facet_keys,
+                 config_keys, ordered)
+
+
+def config_label(cfg: Config, keys: list[str]) -> str:
+    """Short human label of a configuration, e.g. ``vgg19 · last4 · lr=1e-05``."""
+    parts = []
+    for k in keys:
+        v = cfg.get(k)
+        parts.append(str(v) if k in LABELS else f"{k}={v}")
+    return " · ".join(parts)
