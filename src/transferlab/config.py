@@ -58,6 +58,17 @@ class OptimizerConf:
     name: str = "rmsprop"
     momentum: float = 0.0
     weight_decay: Optional[float] = None
+    # Discriminative learning rates: trainable base layers learn at lr * this.
+    backbone_lr_mult: float = 1.0
+
+
+@dataclass
+class SchedulerConf:
+    name: str = "constant"  # constant | cosine | step, per epoch within a phase
+    linear_warmup_epochs: int = 0
+    step_size: int = 10  # step: lr *= gamma every step_size epochs
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0  # cosine: decays to lr * min_lr_ratio
 
 
 @dataclass
@@ -78,12 +89,23 @@ class HeadConf:
 
 
 @dataclass
+class EarlyStoppingConf:
+    patience: Optional[int] = None  # null = off; else stop and restore the best epoch
+    monitor: str = "val_loss"
+
+
+@dataclass
 class TrainerConf:
     epochs: int = 5
     batch_size: int = 32
     steps_per_epoch: Optional[int] = None
     validation_steps: Optional[int] = None
     verbose: int = 1
+    # Two-phase fine-tuning: `warmup_epochs` epochs of head-only training at
+    # `warmup_lr` (base frozen), then `epochs` epochs with the freeze strategy at `lr`.
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-3
+    early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
     # "auto": sweep jobs run in a worker process replaced every
     # `jobs_per_process` jobs (bounded memory, see isolate.py); single runs
     # in-process. "process": always a worker. "off": always in-process.
@@ -97,6 +119,9 @@ class TrackingConf:
     experiment: str = "transferlab"
     artifact_root: Optional[str] = None
     skip_finished: bool = True
+    # Log the trained (best) model as an MLflow model (large); needed by
+    # `transferlab predict --run` and `backbone.weights=run:<id>`.
+    log_model: bool = False
 
 
 @dataclass
@@ -105,6 +130,7 @@ class Config:
     freeze: FreezeConf = field(default_factory=FreezeConf)
     dataset: DatasetConf = field(default_factory=DatasetConf)
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    scheduler: SchedulerConf = field(default_factory=SchedulerConf)
     augment: AugmentConf = field(default_factory=AugmentConf)
     head: HeadConf = field(default_factory=HeadConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
@@ -122,6 +148,8 @@ OPTIMIZERS = ("rmsprop", "adam", "sgd", "adamw")
 POOLINGS = ("flatten", "gap")
 DATASETS = ("synthetic", "cats_dogs", "folder")
 BN_POLICIES = ("frozen", "trainable")
+SCHEDULERS = ("constant", "cosine", "step")
+MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ISOLATE = ("auto", "process", "off")
 
 
@@ -166,8 +194,25 @@ def validate(cfg: DictConfig) -> None:
     _choose(cfg.head.pooling, POOLINGS, "head", "head=flatten or head=gap.")
     _choose(cfg.dataset.name, DATASETS, "dataset", "dataset=synthetic.")
     _choose(cfg.trainer.isolate, ISOLATE, "trainer.isolate", "trainer.isolate=auto.")
+    _choose(cfg.scheduler.name, SCHEDULERS, "scheduler", "scheduler=constant.")
+    _choose(cfg.trainer.early_stopping.monitor, MONITORS, "trainer.early_stopping.monitor",
+            "trainer.early_stopping.monitor=val_loss.")
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be > 0, got lr={cfg.lr}. Fix: e.g. lr=1e-4.")
+    if not cfg.trainer.warmup_lr > 0:
+        raise ConfigError(f"trainer.warmup_lr must be > 0, got {cfg.trainer.warmup_lr}.")
+    if not cfg.optimizer.backbone_lr_mult > 0:
+        raise ConfigError(f"optimizer.backbone_lr_mult must be > 0, got {cfg.optimizer.backbone_lr_mult}.")
+    if cfg.trainer.warmup_epochs < 0:
+        raise ConfigError(f"trainer.warmup_epochs must be >= 0, got {cfg.trainer.warmup_epochs}.")
+    p = cfg.trainer.early_stopping.patience
+    if p is not None and p < 1:
+        raise ConfigError(f"trainer.early_stopping.patience must be >= 1 or null (off), got {p}.")
+    s = cfg.scheduler
+    if s.linear_warmup_epochs < 0 or s.step_size < 1 or not 0 < s.gamma <= 1 or not 0 <= s.min_lr_ratio <= 1:
+        raise ConfigError(
+            f"scheduler values out of range: linear_warmup_epochs={s.linear_warmup_epochs} (>= 0), "
+            f"step_size={s.step_size} (>= 1), gamma={s.gamma} (0..1], min_lr_ratio={s.min_lr_ratio} [0..1].")
     if cfg.trainer.epochs < 1:
         raise ConfigError(f"trainer.epochs must be >= 1, got {cfg.trainer.epochs}.")
     if cfg.trainer.jobs_per_process < 1:

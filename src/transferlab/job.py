@@ -57,14 +57,14 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     exp_id = tracking.ensure_experiment(cfg)
     chash = tracking.config_hash(cfg)
     parent = os.environ.get(tracking.ENV_PARENT)
-    if cfg.tracking.skip_finished:
-        done = tracking.find_runs(c, exp_id, chash, "FINISHED")
-        if done:
-            if parent:
-                c.set_tag(parent, f"skipped.{chash}", done[0].info.run_id)
-            print(f"[transferlab] skip: {tracking.run_name(cfg)} already FINISHED "
-                  f"as run {done[0].info.run_id} (tracking.skip_finished=true)")
-            return dict(done[0].data.metrics, run_id=done[0].info.run_id, skipped=True)
+    earlier = tracking.find_runs(c, exp_id, chash)
+    finished = [r for r in earlier if r.info.status == "FINISHED"]
+    if cfg.tracking.skip_finished and finished:
+        if parent:
+            c.set_tag(parent, f"skipped.{chash}", finished[0].info.run_id)
+        print(f"[transferlab] skip: {tracking.run_name(cfg)} already FINISHED "
+              f"as run {finished[0].info.run_id} (tracking.skip_finished=true)")
+        return dict(finished[0].data.metrics, run_id=finished[0].info.run_id, skipped=True)
 
     tags = {
         "mlflow.runName": tracking.run_name(cfg),
@@ -81,11 +81,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         tags["hydra_overrides"] = " ".join(overrides)[:5000]
     if cfg.name:
         tags["experiment_preset"] = cfg.name
-    run_id = c.create_run(exp_id, tags=tags).info.run_id
-    print(f"[transferlab] job {tags['mlflow.runName']} -> MLflow run {run_id}")
+    backup_dir = tracking.backup_dir(cfg, chash)
+    run_id, logged_until = _resume_or_create(c, exp_id, earlier, backup_dir, tags)
     try:
-        c.log_batch(run_id, params=_params(tracking.flat_params(cfg)))
-        metrics = _train_and_log(cfg, info, c, run_id)
+        if logged_until < 0:
+            c.log_batch(run_id, params=_params(tracking.flat_params(cfg)))
+        metrics = _train_and_log(cfg, info, c, run_id, backup_dir, logged_until)
     except BaseException as e:  # KeyboardInterrupt too: never leave a run RUNNING
         c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
         with tempfile.TemporaryDirectory() as tmp:
@@ -94,22 +95,59 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             c.log_artifact(run_id, str(p))
         c.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+    from transferlab.train import clear_backup
+
+    clear_backup(backup_dir)
     c.set_terminated(run_id, "FINISHED")
     return dict(metrics, run_id=run_id)
 
 
-def _params(flat: dict[str, str]):
+def _resume_or_create(c, exp_id: str, earlier, backup_dir: Path, tags: dict) -> tuple[str, int]:
+    """Picks up an interrupted run of this config, or creates a new run.
+
+    A run left RUNNING (process killed) or KILLED (Ctrl-C) whose backups are
+    on disk is resumed under the same run id: Keras' BackupAndRestore restores
+    model and optimizer at the last completed epoch, and epochs already in
+    MLflow are not logged again. Without backups it cannot be continued
+    faithfully, so it is closed as FAILED and the job starts afresh.
+
+    Returns:
+        (run id, last epoch already logged or -1).
+    """
+    for r in earlier:
+        if r.info.status not in ("RUNNING", "KILLED"):
+            continue
+        if backup_dir.is_dir():
+            run_id = r.info.run_id
+            hist = c.get_metric_history(run_id, "loss")
+            logged = max((m.step for m in hist), default=-1)
+            c.update_run(run_id, status="RUNNING")
+            for k in ("mlflow.parentRunId", "sweep_id", "pid"):
+                if k in tags:
+                    c.set_tag(run_id, k, tags[k])
+            c.set_tag(run_id, "resumed", f"after epoch {logged}")
+            print(f"[transferlab] resume: {tags['mlflow.runName']} continues MLflow run {run_id} "
+                  f"after epoch {logged}")
+            return run_id, logged
+        c.set_tag(r.info.run_id, "error", "interrupted before its first backup; started afresh")
+        c.set_terminated(r.info.run_id, "FAILED")
+    run_id = c.create_run(exp_id, tags=tags).info.run_id
+    print(f"[transferlab] job {tags['mlflow.runName']} -> MLflow run {run_id}")
+    return run_id, -1
+
+
+def _params(flat: dict):
     from mlflow.entities import Param
 
-    return [Param(k, v) for k, v in flat.items()]
+    return [Param(k, str(v)) for k, v in flat.items()]
 
 
-def _train_and_log(cfg: DictConfig, info, c, run_id: str) -> dict:
+def _train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
+                   logged_until: int) -> dict:
     import keras
-    import numpy as np
     from mlflow.entities import Metric
 
-    from transferlab import data, plots
+    from transferlab import backbones, data, train
     from transferlab.model import build_model, calibrate_batchnorm, param_counts
 
     size = input_size(cfg)
@@ -126,70 +164,91 @@ def _train_and_log(cfg: DictConfig, info, c, run_id: str) -> dict:
         c.set_tag(run_id, "bn_calibrated", f"{n_bn} BatchNorm layers from {len(images)} train images")
     t_build = time.perf_counter() - t0
     total, trainable = param_counts(model)
-    print(f"[transferlab] {cfg.backbone.name} @{size}px, freeze={tracking.freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)}: "
-          f"{plan.description}; params {total:,} total, {trainable:,} trainable")
+    label = tracking.freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)
+    print(f"[transferlab] {cfg.backbone.name} @{size}px, freeze={label}: {plan.description}; "
+          f"params {total:,} total, {trainable:,} trainable")
     c.set_tag(run_id, "freeze_plan", plan.description)
+    if cfg.trainer.warmup_epochs and logged_until < 0:  # phase-prefixed: no param rewritten
+        c.log_batch(run_id, params=_params({
+            "phase1.epochs": cfg.trainer.warmup_epochs, "phase1.lr": cfg.trainer.warmup_lr,
+            "phase1.freeze": "all", "phase2.epochs": cfg.trainer.epochs, "phase2.lr": cfg.lr,
+            "phase2.freeze": label}))
 
-    class EpochLogger(keras.callbacks.Callback):
-        """Per-epoch metrics with step = epoch, under the contract's names."""
+    fit = train.fit(model, base, cfg, splits, c, run_id, backup_dir,
+                    backbones.spec(cfg.backbone.name).block_regex, logged_until)
+    test_loss, test_acc = model.evaluate(splits.test, verbose=0)  # best weights if early-stopped
+    metrics = {
+        "test_acc": float(test_acc), "test_loss": float(test_loss),
+        "params_total": total, "params_trainable": fit.trainable[-1],
+        "train_seconds": fit.seconds, "train_images_per_s": fit.images / max(fit.seconds, 1e-9),
+        "build_seconds": t_build, "data_seconds": t_data,
+        "first_step_seconds": fit.first_step_seconds,
+    }
+    if len(fit.trainable) > 1:
+        metrics["phase1_params_trainable"] = fit.trainable[0]
+    if fit.best_epoch is not None:
+        metrics["best_epoch"] = fit.best_epoch
+    metrics.update(_log_artifacts(cfg, model, splits, c, run_id, plan.description))
+    if cfg.tracking.log_model:
+        _log_model(model, splits, tracking.tracking_uri(cfg), run_id)
+    rss = _rss_mb()
+    if rss is not None:  # memory of the job's process, to watch growth across a sweep
+        metrics["process_rss_mb"] = rss
+    now = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    print(f"[transferlab] {tracking.run_name(cfg)}: test_acc={test_acc:.4f} test_loss={test_loss:.4f} "
+          f"({fit.seconds:.1f} s training)")
+    return metrics
 
-        first_step = None
 
-        def on_train_batch_end(self, batch, logs=None):
-            if self.first_step is None:
-                self.first_step = time.perf_counter() - t_fit
+def _log_artifacts(cfg, model, splits, c, run_id: str, freeze_plan: str) -> dict:
+    """Test predictions, curves, confusion matrix, config, summary (and the model)."""
+    import numpy as np
 
-        def on_epoch_end(self, epoch, logs=None):
-            now = int(time.time() * 1000)
-            names = {"accuracy": "acc", "val_accuracy": "val_acc", "loss": "loss", "val_loss": "val_loss"}
-            c.log_batch(run_id, metrics=[Metric(names[k], float(v), now, epoch)
-                                         for k, v in (logs or {}).items() if k in names])
+    from transferlab import plots
 
-    logger = EpochLogger()
-    t_fit = time.perf_counter()
-    history = model.fit(
-        splits.train, validation_data=splits.validation, epochs=cfg.trainer.epochs,
-        steps_per_epoch=cfg.trainer.steps_per_epoch, validation_steps=cfg.trainer.validation_steps,
-        callbacks=[logger], verbose=cfg.trainer.verbose)
-    train_seconds = time.perf_counter() - t_fit
-    steps = cfg.trainer.steps_per_epoch
-    seen = (steps * cfg.trainer.batch_size if steps else splits.counts["train"]) * cfg.trainer.epochs
-
-    test_loss, test_acc = model.evaluate(splits.test, verbose=0)
     probs = model.predict(splits.test, verbose=0)
     if splits.num_classes == 2:
         probs = np.concatenate([1.0 - probs, probs], axis=1)
     true = np.concatenate([np.asarray(y) for _, y in splits.test])
     true = true[:, 0].astype(int) if splits.num_classes == 2 else true.argmax(axis=1)
     pred = probs.argmax(axis=1)
-
-    metrics = {
-        "test_acc": float(test_acc), "test_loss": float(test_loss),
-        "params_total": total, "params_trainable": trainable,
-        "train_seconds": train_seconds, "train_images_per_s": seen / train_seconds,
-        "test_images": len(true), "build_seconds": t_build, "data_seconds": t_data,
-        "first_step_seconds": logger.first_step or 0.0,
-    }
-    rss = _rss_mb()
-    if rss is not None:  # memory of the job's process, to watch growth across a sweep
-        metrics["process_rss_mb"] = rss
-    now = int(time.time() * 1000)
-    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-
+    # Curves from the MLflow record, so a resumed run shows all its epochs.
+    hist = _history(c, run_id)
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         (t / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (t / "classes.json").write_text(json.dumps(splits.class_names))
         lines: list[str] = []
         model.summary(print_fn=lambda s, **_: lines.append(s), expand_nested=False)
-        (t / "model_summary.txt").write_text("\n".join(lines) + f"\n\nfreeze: {plan.description}\n")
+        (t / "model_summary.txt").write_text("\n".join(lines) + f"\n\nfreeze: {freeze_plan}\n")
         _write_predictions(t / "test_predictions.csv", splits.test_paths, true, pred, probs)
-        plots.curves(history.history, t / "curves.png", title=tracking.run_name(cfg))
+        plots.curves(hist, t / "curves.png", title=tracking.run_name(cfg),
+                     boundary=cfg.trainer.warmup_epochs or None)
         plots.confusion(true, pred, splits.class_names, t / "confusion_matrix.png")
         c.log_artifacts(run_id, str(t))
-    print(f"[transferlab] {tracking.run_name(cfg)}: test_acc={test_acc:.4f} test_loss={test_loss:.4f} "
-          f"({train_seconds:.1f} s training)")
-    return metrics
+    return {"test_images": len(true)}
+
+
+def _history(c, run_id: str) -> dict[str, list[float]]:
+    from transferlab.train import METRIC_NAMES
+
+    out = {}
+    for keras_name, name in METRIC_NAMES.items():
+        points = sorted(c.get_metric_history(run_id, name), key=lambda m: m.step)
+        out[keras_name] = [m.value for m in points]
+    return out
+
+
+def _log_model(model, splits, uri: str, run_id: str) -> None:
+    """The trained (best) model as an MLflow model with a signature (opt-in: it is large)."""
+    import mlflow
+    import numpy as np
+
+    example = np.asarray(next(iter(splits.test.take(1)))[0][:1])
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):  # closing the block ends the run; job.run sets its final status
+        mlflow.keras.log_model(model, name="model", input_example=example)
 
 
 def _rss_mb() -> float | None:

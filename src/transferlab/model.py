@@ -96,24 +96,57 @@ def augmentation(aug_cfg, seed: int):
     return keras.Sequential(layers, name="augment") if layers else None
 
 
-def build_optimizer(cfg):
-    """The configured optimizer at the top-level learning rate ``cfg.lr``."""
-    o, lr = cfg.optimizer, float(cfg.lr)
-    if o.name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=lr, momentum=o.momentum)
-    if o.name == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
+_OPTIMIZERS = {"rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+
+
+class _ScaledBaseLR:
+    """Mixin: the base's variables are updated at ``lr * backbone_lr_mult``.
+
+    Keras 3 optimizers call ``update_step(gradient, variable, learning_rate)``
+    once per variable, so scaling the rate there gives discriminative learning
+    rates for any optimizer (scaling gradients instead would be undone by
+    Adam's and RMSprop's normalisation).
+    """
+
+    def __init__(self, *args, base_variables=(), backbone_lr_mult=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._mult = backbone_lr_mult
+        # The TF backend passes the backing tf.Variable, so key by both objects.
+        self._base_ids = {id(v) for v in base_variables} | {id(getattr(v, "value", v)) for v in base_variables}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if id(variable) in self._base_ids:
+            learning_rate = learning_rate * self._mult
+        return super().update_step(gradient, variable, learning_rate)
+
+
+def build_optimizer(cfg, lr: float | None = None, base_variables=()):
+    """The configured optimizer at ``lr`` (default: the top-level ``cfg.lr``).
+
+    Args:
+        cfg: the job config (``optimizer`` group).
+        lr: learning rate of this phase.
+        base_variables: the base's trainable variables, scaled by
+            ``optimizer.backbone_lr_mult`` when it is not 1.
+    """
+    o = cfg.optimizer
+    cls = getattr(keras.optimizers, _OPTIMIZERS[o.name])
+    kwargs = {"learning_rate": float(cfg.lr if lr is None else lr)}
+    if o.name in ("rmsprop", "sgd"):
+        kwargs["momentum"] = o.momentum
     if o.name == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=o.weight_decay or 0.004)
-    if o.name == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=o.momentum)
-    raise ValueError(f"Unknown optimizer {o.name!r}")
+        kwargs["weight_decay"] = o.weight_decay if o.weight_decay is not None else 0.004
+    if o.backbone_lr_mult != 1.0 and base_variables:
+        cls = type(f"ScaledBaseLR{cls.__name__}", (_ScaledBaseLR, cls), {})
+        kwargs.update(base_variables=list(base_variables), backbone_lr_mult=o.backbone_lr_mult)
+    return cls(**kwargs)
 
 
-def compile_model(model, cfg, num_classes: int) -> None:
-    """(Re)compiles; required after any change of ``trainable``."""
+def compile_model(model, cfg, num_classes: int, lr: float | None = None, base=None) -> None:
+    """(Re)compiles with a fresh optimizer; required after any change of ``trainable``."""
     loss = "binary_crossentropy" if num_classes == 2 else "categorical_crossentropy"
-    model.compile(optimizer=build_optimizer(cfg), loss=loss, metrics=["accuracy"])
+    base_vars = base.trainable_variables if base is not None else ()
+    model.compile(optimizer=build_optimizer(cfg, lr, base_vars), loss=loss, metrics=["accuracy"])
 
 
 def build_model(cfg, num_classes: int):
@@ -152,7 +185,7 @@ def build_model(cfg, num_classes: int):
     else:
         outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     model = keras.Model(inputs, outputs, name=f"{cfg.backbone.name}_classifier")
-    compile_model(model, cfg, num_classes)
+    compile_model(model, cfg, num_classes, base=base)
     return model, base, plan
 
 

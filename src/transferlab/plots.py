@@ -11,14 +11,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def curves(history: dict, path: Path, title: str = "") -> None:
-    """Accuracy and loss per epoch, train dotted and validation solid (as in the lecture)."""
+def curves(history: dict, path: Path, title: str = "", boundary: int | None = None) -> None:
+    """Accuracy and loss per epoch, train dotted and validation solid (as in the lecture).
+
+    ``boundary``: first epoch of phase 2 in two-phase runs, drawn as a line.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("accuracy", "loss")):
         epochs = np.arange(1, len(history.get(key, [])) + 1)
         ax.plot(epochs, history.get(key, []), "b:", label=f"training {key}")
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], "b-", label=f"validation {key}")
+        if boundary:
+            ax.axvline(boundary + 0.5, color="grey", linestyle="--", label="phase 2 starts")
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()

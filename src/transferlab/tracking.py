@@ -45,6 +45,11 @@ def artifact_root(cfg: DictConfig) -> str | None:
     return (default_store_dir(cfg) / "artifacts").as_uri()
 
 
+def backup_dir(cfg: DictConfig, chash: str) -> Path:
+    """Where a job keeps its BackupAndRestore state until it finishes."""
+    return default_store_dir(cfg) / "backups" / chash
+
+
 def ui_command(uri: str) -> str:
     """The exact ``mlflow ui`` line for a store."""
     return f"mlflow ui --backend-store-uri {uri}"

@@ -1,0 +1,84 @@
+"""Nothing lost: kill -9 in the middle of a sweep, rerun the same command."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import mlflow
+
+from conftest import ROOT, TINY
+from test_sweep_e2e import PER_EPOCH, runs_of
+
+# 4 jobs x 3 epochs; 25 steps per epoch make an epoch last long enough (~1-2 s)
+# for the kill to land inside epoch 2 of job 2.
+ARGS = [*TINY, "seed=1,2,3,4", "trainer.epochs=3", "trainer.steps_per_epoch=25"]
+
+
+def _cmd(tmp_path):
+    return [sys.executable, "run.py", "-m", *ARGS, f"root_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path}/multirun"]
+
+
+def _job_steps(db):
+    """{run_id: logged loss steps} of job runs, oldest first, read-only.
+
+    Plain read-only SQLite: an MlflowClient opened while the sweep is still
+    creating the schema would race it (the very problem the sweep avoids).
+    """
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        runs = con.execute(
+            "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE t.key = 'transferlab.role' AND t.value = 'job' ORDER BY r.start_time").fetchall()
+        out = {rid: [s for (s,) in con.execute(
+            "SELECT step FROM metrics WHERE run_uuid = ? AND key = 'loss' ORDER BY step", (rid,))]
+            for (rid,) in runs}
+        con.close()
+        return out
+    except sqlite3.Error:
+        return {}
+
+
+def test_kill_during_job_2_then_rerun_resumes_without_duplicates(tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    killed_run = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if db.exists():
+                steps = _job_steps(db)
+                if len(steps) == 2 and list(steps.values())[1] == [0]:
+                    killed_run = list(steps)[1]  # job 2 finished epoch 1: epoch 2 is running
+                    break
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker process
+        proc.wait()
+        log.close()
+    assert killed_run, "job 2 never reached epoch 2: " + (tmp_path / "first.log").read_text()[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    assert client.get_run(killed_run).info.status == "RUNNING"  # what kill -9 leaves
+    assert (tmp_path / "mlruns" / "backups").is_dir()
+
+    p = subprocess.run(_cmd(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    (tmp_path / "rerun.log").write_text(p.stdout + p.stderr)
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert f"continues MLflow run {killed_run}" in p.stdout
+    _, children = runs_of(client)
+    assert len(children) == 4, [c.info.status for c in children]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert killed_run in {r.info.run_id for r in children}
+    for r in children:
+        for m in PER_EPOCH + ("lr", "phase"):
+            steps = sorted(h.step for h in client.get_metric_history(r.info.run_id, m))
+            assert steps == [0, 1, 2], (r.data.tags["mlflow.runName"], m, steps)
+    resumed = client.get_run(killed_run)
+    assert resumed.data.tags["resumed"].startswith("after epoch")
+    assert not any((tmp_path / "mlruns" / "backups").iterdir())  # cleaned after finishing
