@@ -111,3 +111,11 @@ def test_early_stopping_restores_the_best_epoch(compose, tmp_path):
     test_loss = model.evaluate(splits.test, verbose=0)[0]
     assert test_loss == pytest.approx(val[best], rel=1e-4)
     assert not np.isclose(test_loss, val[last])
+
+
+def test_mirrored_strategy_runs_on_the_cpu(compose, tmp_path):
+    out = job.run(compose([*TINY, "trainer.strategy=mirrored", "freeze=last4"]))
+    r = _store(tmp_path).get_run(out["run_id"])
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["strategy"].startswith("MirroredStrategy (1 replicas)")
+    assert 0 <= r.data.metrics["test_acc"] <= 1

@@ -106,6 +106,8 @@ class TrainerConf:
     warmup_epochs: int = 0
     warmup_lr: float = 1e-3
     early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
+    # "mirrored": tf.distribute.MirroredStrategy over the local GPUs (CPU if none).
+    strategy: str = "default"
     # "auto": sweep jobs run in a worker process replaced every
     # `jobs_per_process` jobs (bounded memory, see isolate.py); single runs
     # in-process. "process": always a worker. "off": always in-process.
@@ -195,6 +197,8 @@ def validate(cfg: DictConfig) -> None:
     _choose(cfg.dataset.name, DATASETS, "dataset", "dataset=synthetic.")
     _choose(cfg.trainer.isolate, ISOLATE, "trainer.isolate", "trainer.isolate=auto.")
     _choose(cfg.scheduler.name, SCHEDULERS, "scheduler", "scheduler=constant.")
+    _choose(cfg.trainer.strategy, ("default", "mirrored"), "trainer.strategy",
+            "trainer.strategy=default or trainer.strategy=mirrored.")
     _choose(cfg.trainer.early_stopping.monitor, MONITORS, "trainer.early_stopping.monitor",
             "trainer.early_stopping.monitor=val_loss.")
     if not cfg.lr > 0:

@@ -157,25 +157,28 @@ def _train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     t_data = time.perf_counter() - t0
     keras.backend.clear_session()  # fresh graph and layer names per job
     t0 = time.perf_counter()
-    model, base, plan = build_model(cfg, splits.num_classes)
-    if cfg.backbone.weights is None:  # random init: give BatchNorm real statistics
-        images = next(iter(splits.train.unbatch().batch(64).take(1)))[0]
-        n_bn = calibrate_batchnorm(base, cfg.backbone.name, images)
-        c.set_tag(run_id, "bn_calibrated", f"{n_bn} BatchNorm layers from {len(images)} train images")
-    t_build = time.perf_counter() - t0
-    total, trainable = param_counts(model)
-    label = tracking.freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)
-    print(f"[transferlab] {cfg.backbone.name} @{size}px, freeze={label}: {plan.description}; "
-          f"params {total:,} total, {trainable:,} trainable")
-    c.set_tag(run_id, "freeze_plan", plan.description)
-    if cfg.trainer.warmup_epochs and logged_until < 0:  # phase-prefixed: no param rewritten
-        c.log_batch(run_id, params=_params({
-            "phase1.epochs": cfg.trainer.warmup_epochs, "phase1.lr": cfg.trainer.warmup_lr,
-            "phase1.freeze": "all", "phase2.epochs": cfg.trainer.epochs, "phase2.lr": cfg.lr,
-            "phase2.freeze": label}))
+    strategy = distribution(cfg.trainer.strategy)
+    c.set_tag(run_id, "strategy", f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replicas)")
+    with strategy.scope():  # model, optimizer and every (re)compile live in the strategy
+        model, base, plan = build_model(cfg, splits.num_classes)
+        if cfg.backbone.weights is None:  # random init: give BatchNorm real statistics
+            images = next(iter(splits.train.unbatch().batch(64).take(1)))[0]
+            n_bn = calibrate_batchnorm(base, cfg.backbone.name, images)
+            c.set_tag(run_id, "bn_calibrated", f"{n_bn} BatchNorm layers from {len(images)} train images")
+        t_build = time.perf_counter() - t0
+        total, trainable = param_counts(model)
+        label = tracking.freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)
+        print(f"[transferlab] {cfg.backbone.name} @{size}px, freeze={label}: {plan.description}; "
+              f"params {total:,} total, {trainable:,} trainable")
+        c.set_tag(run_id, "freeze_plan", plan.description)
+        if cfg.trainer.warmup_epochs and logged_until < 0:  # phase-prefixed: no param rewritten
+            c.log_batch(run_id, params=_params({
+                "phase1.epochs": cfg.trainer.warmup_epochs, "phase1.lr": cfg.trainer.warmup_lr,
+                "phase1.freeze": "all", "phase2.epochs": cfg.trainer.epochs, "phase2.lr": cfg.lr,
+                "phase2.freeze": label}))
 
-    fit = train.fit(model, base, cfg, splits, c, run_id, backup_dir,
-                    backbones.spec(cfg.backbone.name).block_regex, logged_until)
+        fit = train.fit(model, base, cfg, splits, c, run_id, backup_dir,
+                        backbones.spec(cfg.backbone.name).block_regex, logged_until)
     test_loss, test_acc = model.evaluate(splits.test, verbose=0)  # best weights if early-stopped
     metrics = {
         "test_acc": float(test_acc), "test_loss": float(test_loss),
@@ -199,6 +202,15 @@ def _train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     print(f"[transferlab] {tracking.run_name(cfg)}: test_acc={test_acc:.4f} test_loss={test_loss:.4f} "
           f"({fit.seconds:.1f} s training)")
     return metrics
+
+
+def distribution(name: str):
+    """``trainer.strategy``: ``default`` or ``mirrored`` (all local GPUs; the CPU where none)."""
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 def _log_artifacts(cfg, model, splits, c, run_id: str, freeze_plan: str) -> dict:
