@@ -110,7 +110,7 @@ class SweepCallback(Callback):
               + (f", {lost} failed before their run started (see the log above)" if lost else ""))
         for r in failed:
             print(f"  {r.info.status}: {r.data.tags.get('mlflow.runName')} "
-                  f"[{r.data.tags.get('hydra_overrides', '')}]: {r.data.tags.get('error', '')}")
+                  f"[{r.data.tags.get('hydra_overrides', '')}]: {r.data.tags.get('error', '')[:300]}")
         print(f"[transferlab] MLflow store: {uri}")
         print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")
         self._report(c, uri, Path(config.hydra.sweep.dir) / "report")
