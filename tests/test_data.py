@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferlab import data, synthetic
+from transferlab import data, imagecheck, synthetic
 from transferlab.data import SPLITS, DataError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -123,17 +123,25 @@ def test_mean_colour_does_not_give_the_class_away(tmp_path):
 
 # --- scan -----------------------------------------------------------------
 
-def test_scan_counts_and_ignores_hidden(small):
-    (small / "train" / ".cache").mkdir()
+def test_scan_counts_and_lists_skipped_files(small):
+    (small / "train" / ".cache").mkdir()  # a hidden folder is no class
     shutil.copy(small / "train" / "circle" / "circle_0.png", small / "train" / ".cache" / "x.png")
     (small / "train" / "circle" / ".DS_Store").write_bytes(b"\0")
     (small / "train" / "circle" / "notes.txt").write_text("not an image")
+    (small / "test" / "README.md").write_text("stray file beside the class folders")
     info = data.scan(str(small))
     assert info.path == small.absolute()
     assert info.class_names == ["circle", "cross", "ring"]  # sorted, like Keras
     assert info.counts == {"train": dict.fromkeys(info.class_names, 3),
                            "validation": dict.fromkeys(info.class_names, 1),
                            "test": dict.fromkeys(info.class_names, 1)}
+    assert info.skipped == ["test/README.md: not in a class folder",
+                            "train/circle/.DS_Store: hidden file",
+                            "train/circle/notes.txt: not an image"]
+    assert info.converted == []
+    assert [e.rel for e in info.files["test"]] == [
+        "test/circle/circle_4.png", "test/cross/cross_4.png", "test/ring/ring_4.png"]
+    assert [e.label for e in info.files["test"]] == [0, 1, 2]
 
 
 def test_scan_missing_folder_and_split(tmp_path, small):
@@ -163,9 +171,13 @@ def test_scan_empty_class_folder(small):
     for p in (small / "validation" / "cross").iterdir():
         p.unlink()
     (small / "validation" / "cross" / "readme.txt").write_text("no images here")
-    with pytest.raises(DataError, match="no image file") as e:
+    (small / "validation" / "cross" / "cut.png").write_bytes(
+        (small / "train" / "cross" / "cross_0.png").read_bytes()[:100])
+    with pytest.raises(DataError, match="no usable image") as e:
         data.scan(small)
-    assert str(small / "validation" / "cross") in str(e.value)
+    msg = str(e.value)
+    assert str(small / "validation" / "cross") in msg
+    assert "2 skipped" in msg and "readme.txt: not an image" in msg and "cut.png: truncated" in msg
 
 
 def test_scan_needs_two_classes(small):
@@ -245,9 +257,71 @@ def test_train_shuffle_is_seeded(binary):
     np.testing.assert_array_equal(np.sort(two[12:24]), np.sort(a))
 
 
-def test_load_rejects_hidden_images(small):
+def test_hidden_files_are_skipped_not_loaded(small):
+    # macOS AppleDouble files carry an image extension; Keras' loader would
+    # try to decode them mid-training.
     shutil.copy(small / "train" / "ring" / "ring_0.png", small / "train" / "ring" / "._ring_0.png")
-    info = data.scan(small)  # scan ignores the hidden file ...
+    info = data.scan(small)
     assert info.counts["train"]["ring"] == 3
-    with pytest.raises(DataError, match=r"\._ring_0\.png"):  # ... Keras would not
-        data.load(info, image_size=32, batch_size=4, seed=0)
+    assert info.skipped == ["train/ring/._ring_0.png: hidden file"]
+    s = data.load(info, image_size=32, batch_size=4, seed=0)
+    assert s.counts["train"] == 9 and s.skipped == info.skipped
+
+
+def test_same_pixels_as_keras_loader(three):
+    """load() decodes and resizes exactly as keras.utils.image_dataset_from_directory."""
+    import keras
+
+    s = data.load(data.scan(three), image_size=20, batch_size=4, seed=0)
+    ref = keras.utils.image_dataset_from_directory(
+        str(three / "test"), label_mode="categorical", image_size=(20, 20), shuffle=False,
+        batch_size=None, verbose=False)
+    assert [Path(p).relative_to(three / "test").as_posix() for p in ref.file_paths] == s.test_paths
+    x, y = batches(s.test)
+    rx, ry = zip(*[(a.numpy(), b.numpy()) for a, b in ref])
+    np.testing.assert_array_equal(x, np.stack(rx))
+    np.testing.assert_array_equal(y, np.stack(ry))
+
+
+def test_load_decodes_every_split_up_front(small):
+    """Epochs are served from memory: the files are not read again after load."""
+    s = data.load(data.scan(small), image_size=16, batch_size=4, seed=0)
+    for p in small.rglob("*.png"):
+        p.unlink()
+    for ds, n in ((s.train, 9), (s.validation, 3), (s.test, 3)):
+        for _ in range(2):
+            assert len(batches(ds)[0]) == n
+
+
+def test_file_gone_after_scan_is_named(small):
+    info = data.scan(small)
+    (small / "validation" / "ring" / "ring_3.png").unlink()
+    with pytest.raises(DataError, match=r"validation/ring/ring_3\.png"):
+        data.load(info, image_size=16, batch_size=4, seed=0)
+
+
+def test_second_scan_uses_the_cache(small, monkeypatch):
+    first = data.scan(small)
+    assert (small / imagecheck.CACHE_DIRNAME / "scan.json").is_file()
+    opened = []
+    real = imagecheck.check
+    monkeypatch.setattr(imagecheck, "check", lambda p: opened.append(p) or real(p))
+    again = data.scan(small)
+    assert opened == [] and again == first
+    # A changed file (new size and mtime) is checked again, and only that one.
+    bad = small / "test" / "ring" / "ring_4.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(DataError, match="test/ring/ring_4.png: truncated"):
+        data.scan(small)
+    assert opened == [bad]
+
+
+def test_cache_dir_from_env_or_read_only_dataset(small, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "c"))
+    d = imagecheck.default_cache_dir(small)
+    assert d.parent == tmp_path / "c" and len(d.name) == 16
+    data.scan(small)
+    assert (d / "scan.json").is_file() and not (small / imagecheck.CACHE_DIRNAME).exists()
+    monkeypatch.delenv("TRANSFERLAB_CACHE")
+    monkeypatch.setattr(os, "access", lambda p, mode: False)
+    assert imagecheck.default_cache_dir(small).parent == Path.home() / ".cache" / "transferlab"
