@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-test chromium demo test test-fast ui clean
+.PHONY: install install-test chromium postgresql demo test test-fast tracking-server ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,9 @@ $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# The tests exercise every launcher and the tracking server: all extras.
 $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[all]'
 	touch $@ $(VENV)/.stamp-install
 
 install: $(VENV)/.stamp-install
@@ -29,7 +30,13 @@ chromium:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the report screenshot test will be skipped"; }
 
-install-test: $(VENV)/.stamp-test chromium
+# PostgreSQL server binaries for the tracking-server test; otherwise it skips with a reason.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "PostgreSQL not installed: the tracking-server tests will be skipped"; }
+
+install-test: $(VENV)/.stamp-test chromium postgresql
 
 demo: install
 	$(BIN)/python run.py -m experiment=quickstart
@@ -39,6 +46,11 @@ test: install-test
 
 test-fast: install-test
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# A shared MLflow server on PostgreSQL in ./tracking-server (README: "Beyond one machine").
+tracking-server: install postgresql
+	$(BIN)/pip install --quiet -e '.[server]'
+	$(BIN)/python -m transferlab.server up --dir $(CURDIR)/tracking-server
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
