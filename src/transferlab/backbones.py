@@ -10,6 +10,7 @@ entry here or a YAML in ``conf/backbone/``, or when a layer count drifts.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 
@@ -126,27 +127,53 @@ def preprocess_fn(name: str):
     return getattr(keras.applications, spec(name).module).preprocess_input
 
 
-def build(name: str, input_size: int, weights: str | None = "imagenet"):
+def build(name: str, input_size: int, weights: str | None = "imagenet",
+          tracking_uri: str | None = None):
     """Builds the headless base of a Keras application.
 
     Args:
         name: registry name, e.g. ``"vgg19"``.
         input_size: square input side length in pixels.
         weights: ``"imagenet"`` (downloaded once into ``~/.keras/models``),
-            ``None`` (random init) or a path to a local weights file.
+            ``None`` (random init), a path to a local weights file for the
+            Keras constructor (``.h5`` / ``.weights.h5``), a ``.keras`` full
+            model (a transferlab classifier or a plain application), or
+            ``run:<run id>`` / ``run:latest:<experiment>``: the base trained by
+            an earlier job (see ``transferlab.pretrained``).
+        tracking_uri: the MLflow store ``run:`` specs are looked up in (the
+            job's, ``tracking.tracking_uri(cfg)``); required for them only.
 
     Returns:
         The ``keras.Model`` built with ``include_top=False``.
 
     Raises:
         WeightsUnavailable: the ImageNet weights could not be fetched.
+        PretrainedError: a ``run:`` spec or file cannot be used (unknown run,
+            no logged model, another backbone, a file that does not fit).
     """
     import keras
 
+    from transferlab import pretrained
+
+    how = pretrained.kind(weights)
+    if how == "run":
+        if not tracking_uri:
+            raise ValueError(f"backbone.weights={weights}: building from a run needs tracking_uri")
+        return pretrained.from_run(name, input_size, weights, tracking_uri)
+    if how == "keras":
+        return pretrained.from_keras_file(name, input_size, weights)
     s = spec(name)
     ctor = getattr(keras.applications, s.constructor)
     try:
-        return ctor(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
+        # Keras warns per skipped sub-layer before it raises on a file that does not fit:
+        # noise then, so they are only passed on when the load succeeds.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            base = ctor(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
+    except (ValueError, OSError) as e:  # a local file that does not fit, or is no HDF5 file
+        if how != "file":
+            raise
+        raise pretrained.file_mismatch(name, weights, e) from e
     except Exception as e:  # Keras raises a bare Exception("URL fetch failure ...")
         if weights != "imagenet" or "fetch failure" not in str(e).lower():
             raise
@@ -161,3 +188,6 @@ def build(name: str, input_size: int, weights: str | None = "imagenet"):
             "(download it where the internet is reachable, e.g. by building the "
             "model there once)."
         ) from e
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return base

@@ -1,4 +1,4 @@
-"""The ``transferlab`` command line: ``transferlab report ...`` (``predict`` to come).
+"""The ``transferlab`` command line: ``transferlab report ...`` and ``transferlab predict ...``.
 
 Kept free of TensorFlow imports: each subcommand imports what it needs when it runs.
 """
@@ -52,12 +52,71 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="classify images with a trained run's model or an ImageNet head",
+        description="Classify image files: with the model a job logged (--run; the job "
+                    "needs tracking.log_model=true; class names from its classes.json), or "
+                    "with a Keras application's ImageNet head (--backbone; 1000 ImageNet "
+                    "classes). Prints one line per image: the top class and its probability, "
+                    "then the top-K list. Unreadable images are reported and skipped (exit 1).")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI for --run (default: $MLFLOW_TRACKING_URI, else the "
+                        "project's store sqlite:///mlruns/mlflow.db)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="ID",
+                       help="MLflow run id of a job logged with tracking.log_model=true, or "
+                            "latest:<experiment> (its newest FINISHED job run with a model)")
+    which.add_argument("--backbone", metavar="NAME",
+                       help="a Keras application (vgg19, resnet50, mobilenetv3small, ...) with "
+                            "its ImageNet head")
+    p.add_argument("--weights", metavar="FILE",
+                   help="with --backbone: a local weights file of the model WITH its top "
+                        "(include_top=True); default: the ImageNet weights, downloaded once "
+                        "into ~/.keras/models")
+    p.add_argument("--top", type=int, metavar="K",
+                   help="how many classes to list per image (default: 1 for two classes, else 5)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.weights and not args.backbone:
+        parser.error("predict: --weights goes with --backbone (a run's model has its own weights)")
+    if args.top is not None and args.top < 1:
+        parser.error(f"predict: --top must be >= 1, got {args.top}")
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from transferlab import predict
+
+    try:
+        if args.run:
+            from transferlab.report import ReportError
+            from transferlab.report.build import resolve_tracking_uri
+
+            try:
+                uri = resolve_tracking_uri(args.tracking_uri)
+            except ReportError as e:
+                raise predict.PredictError(str(e)) from None
+            predictor = predict.from_run(uri, args.run)
+        else:
+            predictor = predict.from_imagenet(args.backbone, args.weights)
+    except predict.PredictError as exc:
+        print(f"transferlab predict: error: {exc}", file=sys.stderr)
+        return 1
+    for note in predictor.notes:
+        print(f"[transferlab] {note}", file=sys.stderr)
+    return predict.run(predictor, args.images, args.top, sys.stdout, sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferlab",
         description="transferlab: compare pretrained Keras backbones x freezing strategies.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_report(sub)
+    _add_predict(sub)
     return parser
 
 

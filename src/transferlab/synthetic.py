@@ -77,13 +77,31 @@ def _render(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def select_classes(classes) -> tuple[str, ...]:
+    """Checks a choice of shapes; returns them in ``CLASS_SHAPES`` order.
+
+    Raises:
+        ValueError: fewer than 2, a repeated or an unknown name (the message lists the allowed).
+    """
+    names = [str(c) for c in classes]
+    unknown = [c for c in names if c not in CLASS_SHAPES]
+    if unknown or len(set(names)) != len(names) or len(names) < 2:
+        raise ValueError(f"classes must be 2..{len(CLASS_SHAPES)} distinct names of "
+                         f"{', '.join(CLASS_SHAPES)}; got {names}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return tuple(c for c in CLASS_SHAPES if c in names)
+
+
 def generate(out_dir, num_classes: int = 2, images_per_class: int = 30, size: int = 64,
-             seed: int = 0, fmt: str = "png") -> Path:
+             seed: int = 0, fmt: str = "png", classes=None) -> Path:
     """Writes the synthetic dataset, unless ``out_dir`` already holds it.
 
     Args:
         out_dir: Folder to fill with ``{train,validation,test}/<class>/<class>_<i>.<fmt>``.
         num_classes: 2..8; class k draws ``CLASS_SHAPES[k]``.
+        classes: instead of the first ``num_classes``, these shapes (names of
+            ``CLASS_SHAPES``, any order; ``num_classes`` is then ignored). A
+            shape's images are the same whichever others are chosen.
         images_per_class: >= 3; split 60/20/20 (at least one per split).
         size: Image side length in pixels (>= 8).
         seed: Seeds every random draw; same arguments give byte-identical files.
@@ -96,8 +114,12 @@ def generate(out_dir, num_classes: int = 2, images_per_class: int = 30, size: in
         ValueError: An argument is out of range.
         OSError: ``out_dir`` cannot be written.
     """
-    if not 2 <= num_classes <= len(CLASS_SHAPES):
+    if classes is not None:
+        shapes = select_classes(classes)
+    elif not 2 <= num_classes <= len(CLASS_SHAPES):
         raise ValueError(f"num_classes must be 2..{len(CLASS_SHAPES)}, got {num_classes}")
+    else:
+        shapes = CLASS_SHAPES[:num_classes]
     if images_per_class < 3 or size < 8 or seed < 0 or fmt not in ("png", "jpg"):
         raise ValueError(f"need images_per_class >= 3, size >= 8, seed >= 0, fmt png|jpg; "
                          f"got {images_per_class}, {size}, {seed}, {fmt!r}")
@@ -105,6 +127,8 @@ def generate(out_dir, num_classes: int = 2, images_per_class: int = 30, size: in
     out.mkdir(parents=True, exist_ok=True)
     args = dict(version=_VERSION, num_classes=int(num_classes), fmt=fmt, size=int(size),
                 images_per_class=int(images_per_class), seed=int(seed))
+    if classes is not None:
+        args.update(num_classes=len(shapes), classes=list(shapes))
     marker = out / ".complete.json"
     with open(out / ".lock", "a") as lock:  # parallel sweep jobs share the folder
         if fcntl is not None:
@@ -118,7 +142,8 @@ def generate(out_dir, num_classes: int = 2, images_per_class: int = 30, size: in
                 shutil.rmtree(out / split)
         n_held = max(1, int(images_per_class * 0.2 + 0.5))  # validation and test each
         n_train = images_per_class - 2 * n_held
-        for k, name in enumerate(CLASS_SHAPES[:num_classes]):
+        for name in shapes:
+            k = CLASS_SHAPES.index(name)  # the shape's own stream, whatever else is chosen
             for i in range(images_per_class):
                 split = SPLITS[0 if i < n_train else 1 if i < n_train + n_held else 2]
                 folder = out / split / name
