@@ -9,8 +9,11 @@ not after TensorFlow has spent seconds importing.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -19,6 +22,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from transferlab.backbones import BACKBONES, spec
 from transferlab.freeze import STRATEGIES
+
+# conf/hydra/launcher/*.yaml share names with the launcher plugins' own configs,
+# so Hydra validates them against the plugins' schemas (typos are caught) and
+# says so in a deprecation warning on every compose.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema",
+                        category=UserWarning)
 
 
 class ConfigError(ValueError):
@@ -51,6 +60,9 @@ class DatasetConf:
     images_per_class: int = 30
     source_size: int = 64
     seed: int = 0
+    # synthetic only: which shapes, e.g. [ring, stripes_h] (overrides num_classes);
+    # null = the first num_classes of synthetic.CLASS_SHAPES.
+    classes: Optional[list[str]] = None
 
 
 @dataclass
@@ -113,6 +125,18 @@ class TrainerConf:
     # in-process. "process": always a worker. "off": always in-process.
     isolate: str = "auto"
     jobs_per_process: int = 8
+    # Frozen-feature caching (featcache.py): "auto" trains on cached outputs of
+    # the frozen layers wherever that gives the same result (tag
+    # `feature_cache` says whether and why not), "on" fails where it cannot,
+    # "off" never caches. null dir: <mlruns>/feature_cache.
+    feature_cache: str = "auto"
+    feature_cache_dir: Optional[str] = None
+    # GPU switches; skipped on a CPU-only machine (tags `precision`, `jit_compile` say so).
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: Optional[bool] = None  # null: Keras decides (XLA on GPU, never on CPU)
+    # TensorFlow intra-op threads per job; null: the cores divided among the
+    # launcher's parallel jobs (hydra/launcher=joblib n_jobs), else TF's default.
+    threads: Optional[int] = None
 
 
 @dataclass
@@ -153,6 +177,8 @@ BN_POLICIES = ("frozen", "trainable")
 SCHEDULERS = ("constant", "cosine", "step")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ISOLATE = ("auto", "process", "off")
+FEATURE_CACHE = ("auto", "on", "off")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def register() -> None:
@@ -160,6 +186,47 @@ def register() -> None:
     ConfigStore.instance().store(name="transferlab_schema", node=Config)
     if not OmegaConf.has_resolver("cwd"):
         OmegaConf.register_new_resolver("cwd", os.getcwd)
+
+
+def schema_keys() -> set[str]:
+    """Every dotted key of the schema (``lr``, ``trainer``, ``trainer.epochs``, ...)."""
+    keys: set[str] = set()
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            keys.add(prefix + f.name)
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+
+    walk(Config(), "")
+    return keys
+
+
+def check_override_keys(args: list[str]) -> None:
+    """Rejects a misspelt ``key=value`` override, naming the closest keys.
+
+    Hydra rejects them too, but advises ``+key=value`` (append), which is
+    wrong for a typo and would fail against the schema anyway.
+
+    Raises:
+        ConfigError: naming the key and the closest valid ones.
+    """
+    keys = schema_keys() | {"experiment"}
+    for arg in args:
+        m = re.match(r"([A-Za-z_][\w.]*)=", arg)  # not +key, ~key, hydra/launcher=, -m
+        if not m or m.group(1).split(".")[0] == "hydra" or m.group(1) in keys:
+            continue
+        key = m.group(1)
+        close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
+        group = key.rsplit(".", 1)[0] if "." in key else None
+        siblings = sorted(k for k in keys if group and k.startswith(group + ".") and k.count(".") == 1)
+        raise ConfigError(
+            f"Unknown config key {key!r}."
+            + (f" Did you mean {' or '.join(close)}?" if close else "")
+            + (f" Keys of {group}: {', '.join(siblings)}." if siblings else "")
+            + " (python run.py --cfg job prints the whole config.)"
+        )
 
 
 def _choose(value: Any, allowed, what: str, fix: str) -> None:
@@ -221,6 +288,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.epochs must be >= 1, got {cfg.trainer.epochs}.")
     if cfg.trainer.jobs_per_process < 1:
         raise ConfigError(f"trainer.jobs_per_process must be >= 1, got {cfg.trainer.jobs_per_process}.")
+    _validate_speed(cfg)
     if cfg.trainer.batch_size < 1:
         raise ConfigError(f"trainer.batch_size must be >= 1, got {cfg.trainer.batch_size}.")
     for key in ("steps_per_epoch", "validation_steps"):
@@ -239,12 +307,38 @@ def validate(cfg: DictConfig) -> None:
     _validate_freeze(cfg, bb)
     _validate_dataset(cfg)
     w = cfg.backbone.weights
-    if w not in (None, "imagenet") and not os.path.isfile(w):
+    if w is not None and str(w).startswith("run:"):  # syntax only: the run is looked up at build
+        from transferlab.pretrained import PretrainedError, parse
+
+        try:
+            parse(w)
+        except PretrainedError as e:
+            raise ConfigError(str(e)) from None
+    elif w not in (None, "imagenet") and not os.path.isfile(w):
         raise ConfigError(
-            f"backbone.weights={w!r} is neither 'imagenet', null nor an existing file. "
+            f"backbone.weights={w!r} is neither 'imagenet', null, run:<run id>, "
+            "run:latest:<experiment> nor an existing file. "
             "Fix: backbone.weights=imagenet (download), backbone.weights=null "
-            "(random init) or the path to a local .h5/.weights.h5 file."
+            "(random init), the path to a local .h5/.weights.h5 weights file or a "
+            ".keras model, or run:<id> for the backbone an earlier job trained "
+            "(with tracking.log_model=true)."
         )
+
+
+def _validate_speed(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    _choose(t.feature_cache, FEATURE_CACHE, "trainer.feature_cache", "trainer.feature_cache=auto.")
+    _choose(t.precision, PRECISIONS, "trainer.precision", "trainer.precision=float32.")
+    if t.threads is not None and t.threads < 1:
+        raise ConfigError(f"trainer.threads must be >= 1 or null (share of the cores), got {t.threads}.")
+    a = cfg.augment
+    if t.feature_cache == "on" and any((a.rotation, a.width_shift, a.height_shift, a.shear, a.zoom,
+                                        a.horizontal_flip)):
+        raise ConfigError(
+            f"trainer.feature_cache=on cannot be used with augment={a.name}: augmentation runs "
+            "before the frozen layers, so their output differs every epoch and cached features "
+            "would change the result. Fix: augment=none, or trainer.feature_cache=auto "
+            "(caches only where the result stays the same) or off.")
 
 
 def _validate_freeze(cfg: DictConfig, bb) -> None:

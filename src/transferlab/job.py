@@ -16,20 +16,39 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab import tracking
+from transferlab import pretrained, tracking
 from transferlab.config import input_size, validate
 
 
 def dataset_path(cfg: DictConfig) -> Path:
-    """The data folder of a job, generating the synthetic set when needed."""
+    """The data folder of a job, generating the synthetic set when needed.
+
+    Synthetic sets live in ``<data_dir>/synthetic/<classes>_n<images>_px<size>_seed<seed>``
+    where ``<classes>`` is ``c<num_classes>`` (the first shapes) or the chosen
+    ``dataset.classes`` joined by ``-`` (e.g. ``ring-stripes_h``).
+
+    Raises:
+        ConfigError: ``dataset.classes`` names an unknown shape, repeats one or has < 2.
+    """
     d = cfg.dataset
     if d.name != "synthetic":
         return Path(d.path)
     from transferlab import synthetic
 
+    classes = d.get("classes")
+    if classes is not None:
+        try:
+            classes = synthetic.select_classes(classes)
+        except ValueError as e:
+            from transferlab.config import ConfigError
+
+            raise ConfigError(f"dataset.classes: {e}. Fix: e.g. dataset.classes=[ring,stripes_h], "
+                              "or dataset.classes=null for the first dataset.num_classes shapes.") from None
+    which = "-".join(classes) if classes else f"c{d.num_classes}"
     out = Path(cfg.data_dir) / "synthetic" / (
-        f"c{d.num_classes}_n{d.images_per_class}_px{d.source_size}_seed{d.seed}")
-    return synthetic.generate(out, d.num_classes, d.images_per_class, d.source_size, d.seed)
+        f"{which}_n{d.images_per_class}_px{d.source_size}_seed{d.seed}")
+    return synthetic.generate(out, d.num_classes, d.images_per_class, d.source_size, d.seed,
+                              classes=classes)
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
@@ -55,7 +74,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     uri = tracking.tracking_uri(cfg)
     c = tracking.client(uri)
     exp_id = tracking.ensure_experiment(cfg)
-    chash = tracking.config_hash(cfg)
+    # `run:latest:<experiment>` names different weights after each pretraining:
+    # the run it resolves to is part of the job's identity (and recorded).
+    weights_run = None
+    if pretrained.kind(cfg.backbone.weights) == "run":
+        weights_run = pretrained.resolve(cfg.backbone.weights, uri, cfg.backbone.name)[0].info.run_id
+    chash = tracking.config_hash(cfg, extra={"weights_run": weights_run} if weights_run else None)
     parent = os.environ.get(tracking.ENV_PARENT)
     earlier = tracking.find_runs(c, exp_id, chash)
     finished = [r for r in earlier if r.info.status == "FINISHED"]
@@ -75,6 +99,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "sweep_id": os.environ.get(tracking.ENV_SWEEP, "none"),
         "pid": str(os.getpid()),
     }
+    if weights_run:
+        tags["weights_run"] = weights_run
     if parent:
         tags["mlflow.parentRunId"] = parent
     if overrides:
@@ -82,10 +108,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     if cfg.name:
         tags["experiment_preset"] = cfg.name
     backup_dir = tracking.backup_dir(cfg, chash)
+    _preflight(cfg)  # layer names and weights file: fail before a run exists
     run_id, logged_until = _resume_or_create(c, exp_id, earlier, backup_dir, tags)
     try:
         if logged_until < 0:
             c.log_batch(run_id, params=_params(tracking.flat_params(cfg)))
+            _log_data_report(c, run_id, info)
         metrics = _train_and_log(cfg, info, c, run_id, backup_dir, logged_until)
     except BaseException as e:  # KeyboardInterrupt too: never leave a run RUNNING
         c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
@@ -99,7 +127,51 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
     clear_backup(backup_dir)
     c.set_terminated(run_id, "FINISHED")
-    return dict(metrics, run_id=run_id)
+    return dict(metrics, run_id=run_id, val_acc=_final_val_acc(c, run_id, metrics.get("best_epoch")))
+
+
+def _final_val_acc(c, run_id: str, best_epoch) -> float:
+    """Validation accuracy of the model the job ends with (the restored best epoch, if any)."""
+    by_step = {m.step: m.value for m in c.get_metric_history(run_id, "val_acc")}
+    if not by_step:
+        return float("nan")
+    return by_step.get(int(best_epoch), by_step[max(by_step)]) if best_epoch is not None else by_step[max(by_step)]
+
+
+def _log_data_report(c, run_id: str, info) -> None:
+    """What the scan left out or converted: counts as tags, the lists as artifacts."""
+    c.set_tag(run_id, "skipped_files", str(len(info.skipped)))
+    c.set_tag(run_id, "converted_files", str(len(info.converted)))
+    if info.skipped:
+        c.log_text(run_id, "\n".join(info.skipped) + "\n", "skipped_files.txt")
+    if info.converted:
+        c.log_text(run_id, "\n".join(info.converted) + "\n", "converted_files.txt")
+
+
+def _preflight(cfg: DictConfig) -> None:
+    """Checks what needs the built base, before a run is created.
+
+    Builds the base (random init: 0.4-2.4 s from VGG19 to ConvNeXtXLarge on
+    2 CPU cores; with a local weights file, that file, which must fit:
+    PretrainedError) and plans the freeze against its real layer names
+    (FreezeError: unknown layer, more blocks than the base has). ImageNet
+    weights and run: specs are not fetched here: an offline machine still
+    gets a FAILED run saying how to get them.
+    """
+    import keras
+
+    from transferlab import backbones, freeze, pretrained
+
+    w = cfg.backbone.weights
+    if cfg.freeze.strategy not in ("from_layer", "last_blocks") and pretrained.kind(w) != "file":
+        return  # validate() already checked everything else without building anything
+    keras.backend.clear_session()
+    base = backbones.build(cfg.backbone.name, input_size(cfg),
+                           weights=w if pretrained.kind(w) == "file" else None)
+    freeze.plan([layer.name for layer in base.layers], cfg.freeze.strategy, cfg.freeze.n,
+                cfg.freeze.layer, backbones.spec(cfg.backbone.name).block_regex)
+    del base
+    keras.backend.clear_session()
 
 
 def _resume_or_create(c, exp_id: str, earlier, backup_dir: Path, tags: dict) -> tuple[str, int]:
@@ -256,11 +328,17 @@ def _log_model(model, splits, uri: str, run_id: str) -> None:
     """The trained (best) model as an MLflow model with a signature (opt-in: it is large)."""
     import mlflow
     import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
 
     example = np.asarray(next(iter(splits.test.take(1)))[0][:1])
+    out = np.asarray(model.predict(example, verbose=0))
+    signature = ModelSignature(  # not input_example=: mlflow 3.17's keras flavour crashes (mlflow#16183)
+        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *example.shape[1:]), "image")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]))]))
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):  # closing the block ends the run; job.run sets its final status
-        mlflow.keras.log_model(model, name="model", input_example=example)
+        mlflow.keras.log_model(model, name="model", signature=signature)
 
 
 def _rss_mb() -> float | None:

@@ -56,6 +56,9 @@ class SweepCallback(Callback):
 
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
+        self.sweep_id: str | None = None
+        self.root_dir: str | None = None
+        self._root_env: str | None = None
         self.n_jobs = 0
 
     # -- multirun -------------------------------------------------------
@@ -84,8 +87,19 @@ class SweepCallback(Callback):
         cfg = _task_config(config)
         sweep_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.parent_run_id = tracking.start_sweep(cfg, sweep_id, config.hydra.sweep.dir)
+        self.sweep_id, self.root_dir = sweep_id, str(Path(cfg.root_dir).resolve())
+        self._root_env = os.environ.get("TRANSFERLAB_ROOT")
         print(f"[transferlab] sweep {sweep_id}: {len(jobs) or 'unknown number of'} jobs, "
               f"MLflow parent run {self.parent_run_id} in {tracking.tracking_uri(cfg)}")
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Runs in the job's process: Hydra pickles this callback to every launcher's
+        workers (Ray, SLURM), which inherit neither the launcher's environment nor
+        its working directory, so the sweep's identity and root travel with it."""
+        if self.parent_run_id:
+            os.environ[tracking.ENV_PARENT] = self.parent_run_id
+            os.environ[tracking.ENV_SWEEP] = self.sweep_id
+            os.environ["TRANSFERLAB_ROOT"] = self.root_dir  # else ${cwd:} = the worker's cwd
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from transferlab import isolate
@@ -114,8 +128,11 @@ class SweepCallback(Callback):
         print(f"[transferlab] MLflow store: {uri}")
         print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")
         self._report(c, uri, Path(config.hydra.sweep.dir) / "report")
-        os.environ.pop(tracking.ENV_PARENT, None)
-        os.environ.pop(tracking.ENV_SWEEP, None)
+        for k in (tracking.ENV_PARENT, tracking.ENV_SWEEP, "TRANSFERLAB_ROOT"):
+            if k != "TRANSFERLAB_ROOT" or self._root_env is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = self._root_env
         if failed or lost:
             sys.exit(1)
 
@@ -134,7 +151,19 @@ class SweepCallback(Callback):
 
     # -- single run -----------------------------------------------------
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracking.ensure_experiment(_task_config(config))
+        # As in on_multirun_start: check config and data before the store is
+        # created; Hydra would turn an exception here into a warning.
+        try:
+            from transferlab import data
+            from transferlab.job import dataset_path
+
+            cfg = _task_config(config)
+            validate(cfg)
+            data.scan(dataset_path(cfg))
+            tracking.ensure_experiment(cfg)
+        except Exception as e:
+            print(f"[transferlab] error: {e}", file=sys.stderr)
+            sys.exit(2)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         uri = tracking.tracking_uri(_task_config(config))

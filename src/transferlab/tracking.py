@@ -50,6 +50,34 @@ def backup_dir(cfg: DictConfig, chash: str) -> Path:
     return default_store_dir(cfg) / "backups" / chash
 
 
+class TrackingUnreachable(RuntimeError):
+    """The tracking server of ``tracking.uri`` does not answer."""
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fails in seconds, naming the URI, when an http(s) tracking server does not answer.
+
+    MLflow's client retries a refused connection 7 times with exponential
+    backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, _BACKOFF_FACTOR=2, then
+    MLFLOW_HTTP_REQUEST_TIMEOUT=120 s per request): minutes before any error.
+    One request to the server's ``/health``, without retries, answers in
+    seconds; any HTTP answer (even 401/404) counts as reachable.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() not in ("true", "1")
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout, verify=verify)
+    except requests.RequestException as e:
+        raise TrackingUnreachable(
+            f"MLflow tracking server {uri} is not reachable ({type(e).__name__}: "
+            f"{str(e)[:300]}). Start it (e.g. mlflow server --host 127.0.0.1 --port 5000), "
+            "fix tracking.uri, or drop tracking.uri to use the local SQLite store "
+            "under mlruns/.") from None
+
+
 def ui_command(uri: str) -> str:
     """The exact ``mlflow ui`` line for a store."""
     return f"mlflow ui --backend-store-uri {uri}"
@@ -68,6 +96,7 @@ def ensure_experiment(cfg: DictConfig) -> str:
     creating a fresh SQLite schema at once can corrupt it.
     """
     uri = tracking_uri(cfg)
+    check_reachable(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     c = client(uri)
@@ -99,11 +128,18 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """A stable hash of everything that determines a job's result."""
+def config_hash(cfg: DictConfig, extra: dict | None = None) -> str:
+    """A stable hash of everything that determines a job's result.
+
+    Args:
+        cfg: the job config.
+        extra: values resolved at run time that the config only names (the
+            run behind ``backbone.weights=run:latest:<experiment>``).
+    """
     params = flat_params(cfg)
     keep = {k: v for k, v in params.items()
             if not any(k == e or k.startswith(e + ".") for e in NON_RESULT_KEYS)}
+    keep.update(extra or {})
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
