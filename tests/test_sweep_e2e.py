@@ -113,3 +113,20 @@ def test_memory_stays_bounded_over_a_six_job_sweep(tmp_path):
     rss = [r.data.metrics["process_rss_mb"] for r in children]
     assert max(rss) - min(rss) < 200, rss
     assert len({r.data.tags["pid"] for r in children}) == 3  # 2 jobs per worker
+
+
+def test_joblib_launcher_two_at_a_time_on_one_sqlite_store(tmp_path):
+    """4 jobs, 2 processes at once, one fresh SQLite store: no lock errors, nothing lost."""
+    p, c = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 "seed=1,2,3,4", "trainer.epochs=2", timeout=420)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    assert "database is locked" not in out
+    parents, children = runs_of(c)
+    assert len(parents) == 1 and len(children) == 4
+    assert len({r.data.tags["pid"] for r in children}) == 2  # two worker processes
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        for m in PER_EPOCH:
+            assert sorted(h.step for h in c.get_metric_history(r.info.run_id, m)) == [0, 1], m
