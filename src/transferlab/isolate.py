@@ -8,6 +8,12 @@ multirun runs in a spawned worker process that is replaced after
 ``trainer.jobs_per_process`` jobs: memory is bounded, and TensorFlow is
 imported once per worker rather than once per job. The launching process
 never imports TensorFlow at all.
+
+Parallel jobs share the cores: under Hydra's joblib launcher each job's
+TensorFlow gets ``cores // n_jobs`` intra-op threads (``trainer.threads``
+overrides), set before TensorFlow starts in the job's process, so two jobs
+on two cores do not each start two-thread kernels that fight for the same
+cores. The MLflow tag ``threads`` says what a job got and why.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -24,6 +31,70 @@ from transferlab import tracking
 
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (not Linux)
+        return os.cpu_count() or 1
+
+
+def parallel_jobs() -> int:
+    """How many jobs the Hydra launcher runs at once on this machine (1 if unknown).
+
+    joblib's ``n_jobs``: a positive count, or -1 = all cores, -2 = all but one, ...
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return 1
+        launcher = HydraConfig.get().launcher
+    except Exception:  # no Hydra run (tests, library use)
+        return 1
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n = int(launcher.get("n_jobs") or 1)
+    return max(1, _cores() + 1 + n) if n < 0 else n
+
+
+def thread_share(cfg: DictConfig, parallel: int | None = None, cores: int | None = None):
+    """(intra-op threads, inter-op threads, why) for one job, or None for TF's default.
+
+    Args:
+        cfg: the job config (``trainer.threads`` wins when set).
+        parallel: jobs running at once (default: ``parallel_jobs()``).
+        cores: usable cores (default: this process's CPU affinity).
+    """
+    cores = cores or _cores()
+    if cfg.trainer.get("threads"):
+        n = int(cfg.trainer.threads)
+        return n, 1 if n <= 2 else 2, f"trainer.threads={n}"
+    parallel = parallel_jobs() if parallel is None else parallel
+    if parallel <= 1:
+        return None
+    intra = max(1, cores // parallel)
+    return intra, 1 if intra <= 2 else 2, f"{cores} cores shared by {parallel} parallel jobs"
+
+
+def apply_threads(share) -> None:
+    """Gives this process's TensorFlow its thread share (before TF starts; env for children)."""
+    if share is None:
+        return
+    intra, inter, why = share
+    os.environ.update(TF_NUM_INTRAOP_THREADS=str(intra), TF_NUM_INTEROP_THREADS=str(inter),
+                      OMP_NUM_THREADS=str(intra), TRANSFERLAB_THREADS_WHY=why)
+    if "tensorflow" not in sys.modules:
+        return  # TF reads the variables when it starts
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # TF already ran ops in this process: its pools are fixed
+        if tf.config.threading.get_intra_op_parallelism_threads() != intra:
+            os.environ["TRANSFERLAB_THREADS_WHY"] = f"{why}; not applied: TensorFlow had already started"
 
 
 def _child(container: dict, overrides: list[str] | None, env: dict[str, str]) -> dict:
@@ -53,7 +124,9 @@ def dispatch(cfg: DictConfig, overrides: list[str] | None, multirun: bool) -> di
         ``transferlab.job.run``'s result.
     """
     mode = cfg.trainer.isolate
+    share = thread_share(cfg)
     if mode == "off" or (mode == "auto" and not multirun):
+        apply_threads(share)
         from transferlab.job import run
 
         return run(cfg, overrides)
@@ -61,9 +134,17 @@ def dispatch(cfg: DictConfig, overrides: list[str] | None, multirun: bool) -> di
     if _pool is None or _pool_size != cfg.trainer.jobs_per_process:
         shutdown()
         _pool_size = cfg.trainer.jobs_per_process
+        if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
+            # Inside a joblib (loky) worker the default start method is "loky", which a
+            # plain spawned child cannot resolve ("cannot find context for 'loky'").
+            multiprocessing.set_start_method("spawn", force=True)
         _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                     max_tasks_per_child=_pool_size)
     env = {k: os.environ[k] for k in (tracking.ENV_PARENT, tracking.ENV_SWEEP) if k in os.environ}
+    if share is not None:  # read by TensorFlow when it starts in the worker
+        intra, inter, why = share
+        env.update(TF_NUM_INTRAOP_THREADS=str(intra), TF_NUM_INTEROP_THREADS=str(inter),
+                   OMP_NUM_THREADS=str(intra), TRANSFERLAB_THREADS_WHY=why)
     container = OmegaConf.to_container(cfg, resolve=True)
     try:
         return _pool.submit(_child, container, overrides, env).result()

@@ -1,0 +1,387 @@
+"""Frozen-feature caching: compute the frozen part of the model once, train the rest.
+
+A model here is ``image -> preprocess -> base (inference mode) -> head``. When
+the first layers of the base are frozen and nothing random runs before them
+(no augmentation; the base always runs in inference mode), their output for
+an image never changes during training. ``trainer.feature_cache`` then cuts
+the model there:
+
+- the *prefix* (preprocess + frozen base layers up to the cut) runs once per
+  image, its outputs are stored on disk;
+- a *head model* made of the SAME layer objects after the cut (the trainable
+  tail of the base, if any, and the head) is trained on those features, so
+  the full model ends up trained and is evaluated as usual.
+
+The cut is the input of the first base layer with trainable weights (the
+base's output for ``freeze=all``); it must be one tensor that everything
+after it depends on alone, which holds for sequential bases (VGG) and at
+block boundaries, not in the middle of a residual block.
+
+Exactly the same batches, in the same order: the training pipeline is not
+rebuilt. ``splits.train`` is mapped image -> features by a lookup keyed on a
+64-bit fingerprint of each image's pixels, so shuffling, repetition and
+``steps_per_epoch`` stay those of the data pipeline (its shuffle state moves
+exactly as without the cache), and an image missing from the cache is an
+error, never a silent mismatch.
+
+On disk (``trainer.feature_cache_dir``, default ``<mlruns>/feature_cache``),
+one folder per key; the key hashes everything the features depend on:
+backbone, the prefix's weights (a hash of their values, so calibrated random
+bases and local weight files are told apart), input size, cut layer,
+preprocessing, dtype policy, TF/Keras versions and the pixel fingerprints of
+the images. Each array's checksum is kept beside it: a corrupt or stale entry
+is detected, rebuilt and replaced, never used. A file lock lets parallel jobs
+share one computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("auto", "on", "off")
+FORMAT = 1  # bump when the stored layout or the key changes
+
+try:  # POSIX; elsewhere parallel jobs may both compute the same features
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+
+class FeatureCacheError(RuntimeError):
+    """``trainer.feature_cache=on`` where caching would change the result."""
+
+
+@dataclass
+class Decision:
+    """Whether a phase trains on cached features, and why (not)."""
+
+    use: bool
+    reason: str  # why not, or where the cut is
+    cut_index: int = -1  # index into base.layers of the first layer after the cut
+    cut_name: str = ""  # "base output" or "before <layer>"
+    tensor: object = None  # the KerasTensor at the cut
+    tail: object = None  # keras.Model from the cut to the base's output (None: cut at output)
+
+
+@dataclass
+class Prepared:
+    """What ``prepare`` hands to the fit loop: the splits as features."""
+
+    train: object
+    validation: object
+    note: str  # for the log and the MLflow tag
+    seconds: float
+
+
+def cache_dir(cfg) -> Path:
+    """``trainer.feature_cache_dir`` or ``<mlflow store folder>/feature_cache``."""
+    if cfg.trainer.get("feature_cache_dir"):
+        return Path(cfg.trainer.feature_cache_dir)
+    from transferlab.tracking import default_store_dir
+
+    return default_store_dir(cfg) / "feature_cache"
+
+
+def _source(ds):
+    """A pipeline's images in a fixed order, read without moving its shuffle state.
+
+    Returns the dataset below the shuffle (unbatched, in file order), the
+    pipeline itself when it does not shuffle, or None when neither works
+    (an infinite unshuffled pipeline).
+    """
+    import tensorflow as tf
+
+    d = ds
+    while d is not None:
+        if type(d).__name__ in ("_ShuffleDataset", "ShuffleDataset"):
+            src = d._input_dataset  # noqa: SLF001 (tf.data keeps no public handle)
+            break
+        d = getattr(d, "_input_dataset", None)
+    else:
+        src = ds
+    if src.cardinality() == tf.data.INFINITE_CARDINALITY:
+        return None
+    return src
+
+
+def _first_trainable(base) -> int:
+    for i, layer in enumerate(base.layers):
+        if layer.trainable and layer.trainable_weights:
+            return i
+    return len(base.layers)
+
+
+def decide(model, base, cfg, splits) -> Decision:
+    """Works out whether (and where) the current phase can train on cached features.
+
+    Call after the phase's ``trainable`` flags are set. ``auto`` uses the cache
+    only where the result is the same as without it; the reason is returned
+    either way.
+    """
+    from transferlab.model import InferenceMode, Preprocess
+
+    mode = cfg.trainer.get("feature_cache", "off")
+    if mode == "off":
+        return Decision(False, "trainer.feature_cache=off")
+    names = [layer.name for layer in model.layers]
+    if "augment" in names:
+        return Decision(False, f"augmentation (augment={cfg.augment.name}) runs before the frozen "
+                               "layers, so their output differs every epoch")
+    if "base" not in names or not isinstance(model.get_layer("base"), InferenceMode):
+        return Decision(False, "the model has no inference-mode base layer to cut")
+    before = model.layers[:names.index("base")]
+    odd = [l.name for l in before if not isinstance(l, Preprocess) and type(l).__name__ != "InputLayer"]
+    if odd:
+        return Decision(False, f"layers {odd} run before the base")
+    if _source(splits.train) is None or _source(splits.validation) is None:
+        return Decision(False, "the data pipeline's images cannot be read without changing its "
+                               "shuffle order (infinite pipeline without a shuffle stage)")
+    layers = base.layers
+    i = _first_trainable(base)
+    if i >= len(layers):
+        return Decision(True, "cut at the base's output (base frozen)", i, "base output",
+                        base.outputs[0], None)
+    layer = layers[i]
+    if not any(l.weights for l in layers[:i]):
+        return Decision(False, f"nothing frozen before the first trainable layer {layer.name!r}")
+    where = f"before {layer.name!r}, the first trainable layer"
+    inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+    if len(layer._inbound_nodes) != 1 or len(inputs) != 1:  # noqa: SLF001
+        return Decision(False, f"no single cut {where}: it takes {len(inputs)} inputs")
+    import keras
+
+    try:
+        tail = keras.Model(inputs[0], base.outputs[0], name=f"{base.name}_tail")
+    except ValueError:
+        return Decision(False, f"no single cut {where}: later layers also read tensors from "
+                               "before it (e.g. a residual connection), so the frozen part has "
+                               "more than one output")
+    ids = {id(v) for v in tail.trainable_weights}
+    if any(id(v) not in ids for v in base.trainable_weights):
+        return Decision(False, f"no single cut {where}: trainable layers lie outside the tail")
+    return Decision(True, f"cut {where}", i, f"before {layer.name}", inputs[0], tail)
+
+
+# -- fingerprints and keys ---------------------------------------------------
+
+def _keys_fn():
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def keys(x):
+        raw = tf.reshape(tf.bitcast(x, tf.uint8), [tf.shape(x)[0], -1])
+        return tf.bitcast(tf.fingerprint(raw), tf.int64)  # farmhash64 of each image's bytes
+
+    return keys
+
+
+def _batched(src):
+    return src.batch(64) if src.element_spec[0].shape.rank == 3 else src
+
+
+def _image_keys(sources, keys) -> np.ndarray:
+    out = [keys(batch[0]).numpy() for src in sources for batch in _batched(src)]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def weights_hash(layers_model) -> str:
+    """sha256 over a model's weight values (name, shape and bytes of each)."""
+    h = hashlib.sha256()
+    for w in layers_model.weights:
+        a = np.ascontiguousarray(w.numpy())
+        h.update(f"{w.path}:{a.dtype}:{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _material(cfg, model, decision: Decision, prefix, keys: np.ndarray) -> dict:
+    import keras
+    import tensorflow as tf
+
+    pre = model.get_layer("preprocess")
+    return {
+        "format": FORMAT,
+        "backbone": cfg.backbone.name,
+        "weights_sha256": weights_hash(prefix),
+        "input_shape": list(model.inputs[0].shape[1:]),
+        "cut": decision.cut_name,
+        "prefix_layers": len(prefix.layers),
+        "preprocess": f"{pre.backbone}:{pre._fn.__module__}.{pre._fn.__name__}",  # noqa: SLF001
+        "dtype_policy": keras.mixed_precision.global_policy().name,
+        "versions": f"tf {tf.__version__}, keras {keras.__version__}",
+        "images": int(len(keys)),
+        "images_sha256": hashlib.sha256(np.sort(keys).tobytes()).hexdigest(),
+    }
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
+
+
+def _load(entry: Path, material: dict, keys: np.ndarray):
+    """(features, keys) from a cache entry, or (None, why it cannot be used)."""
+    meta_file = entry / "meta.json"
+    if not meta_file.exists():
+        return None, "missing"
+    try:
+        meta = json.loads(meta_file.read_text())
+        if meta.get("material") != material:
+            return None, "stale (it was made for other weights, data or settings)"
+        k = np.load(entry / "keys.npy", allow_pickle=False)
+        f = np.load(entry / "features.npy", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        return None, f"corrupt ({type(e).__name__}: {str(e)[:120]})"
+    if _digest(k) != meta.get("keys_sha256") or _digest(f) != meta.get("features_sha256"):
+        return None, "corrupt (checksum mismatch)"
+    if len(k) != len(f) or not np.array_equal(k, np.unique(keys)):
+        return None, "stale (it holds other images)"
+    return (f, k), ""
+
+
+def _save(entry: Path, material: dict, feats: np.ndarray, keys: np.ndarray, seconds: float) -> None:
+    tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "features.npy", feats, allow_pickle=False)
+    np.save(tmp / "keys.npy", keys, allow_pickle=False)
+    meta = {"material": material, "features_sha256": _digest(feats), "keys_sha256": _digest(keys),
+            "shape": list(feats.shape), "dtype": str(feats.dtype), "build_seconds": round(seconds, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(entry, ignore_errors=True)  # a stale or corrupt entry (we hold the lock)
+    os.replace(tmp, entry)
+
+
+class _Lock:
+    """An exclusive lock file per cache key, so parallel jobs compute features once."""
+
+    def __init__(self, path: Path):
+        self.path, self.f = path, None
+
+    def __enter__(self):
+        if fcntl is not None:
+            try:
+                self.f = open(self.path, "w")
+                fcntl.flock(self.f, fcntl.LOCK_EX)
+            except OSError:
+                self.f = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            fcntl.flock(self.f, fcntl.LOCK_UN)
+            self.f.close()
+
+
+def _extract(prefix, pre, sources, keys_fn, batch_size: int):
+    """Features and keys of every image in ``sources`` (first occurrence of each content)."""
+    import tensorflow as tf
+
+    spec = sources[0].element_spec[0]
+    shape = spec.shape[1:] if spec.shape.rank == 4 else spec.shape
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape), spec.dtype)])
+    def forward(x):
+        return prefix(pre(x), training=False)
+
+    feats, keys = [], []
+    for src in sources:
+        unb = src.unbatch() if src.element_spec[0].shape.rank == 4 else src
+        for batch in unb.batch(batch_size):
+            keys.append(keys_fn(batch[0]).numpy())
+            feats.append(np.asarray(forward(batch[0]), dtype=np.float32))
+    keys, feats = np.concatenate(keys), np.concatenate(feats)
+    uniq, first = np.unique(keys, return_index=True)
+    return np.ascontiguousarray(feats[first]), uniq
+
+
+def head_model(decision: Decision, model):
+    """The model trained on features: the base's tail (if any) and the head, SAME layer objects.
+
+    Training it trains the full model's layers in place, so the full model is
+    evaluated, saved and predicted with as usual afterwards.
+    """
+    import keras
+
+    from transferlab.model import InferenceMode
+
+    names = [layer.name for layer in model.layers]
+    inp = keras.Input(tuple(decision.tensor.shape[1:]), name="features")
+    x = inp if decision.tail is None else InferenceMode(decision.tail, name="base_tail")(inp)
+    for layer in model.layers[names.index("base") + 1:]:
+        x = layer(x)
+    return keras.Model(inp, x, name=f"{model.name}_on_features")
+
+
+def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) -> Prepared:
+    """Builds (or reuses) the features of a phase; returns train/validation as features.
+
+    Args:
+        decision: from ``decide`` (``use`` must be True).
+        model: the full classifier (its preprocess layer and base compute the features).
+        cfg: the job config.
+        splits: ``data.Splits``; train and validation are mapped to features.
+        folder: the cache folder (default ``cache_dir(cfg)``).
+    """
+    import keras
+    import tensorflow as tf
+
+    t0 = time.perf_counter()
+    base = model.get_layer("base").base
+    prefix = base if decision.tail is None else keras.Model(base.inputs, decision.tensor,
+                                                            name=f"{base.name}_prefix")
+    pre = model.get_layer("preprocess")
+    sources = [_source(splits.train), _source(splits.validation)]
+    keys_fn = _keys_fn()
+    keys = _image_keys(sources, keys_fn)
+    material = _material(cfg, model, decision, prefix, keys)
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
+    folder = Path(folder) if folder is not None else cache_dir(cfg)
+    entry = folder / key
+    saved = ""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = _Lock(folder / f"{key}.lock")
+    except OSError as e:
+        lock, saved = _Lock(Path(os.devnull)), f"; not saved: {e}"
+    with lock:
+        loaded, why = _load(entry, material, keys) if not saved else (None, "missing")
+        if loaded is not None:
+            feats, uniq = loaded
+            how = f"reused {entry} ({time.perf_counter() - t0:.1f} s)"
+        else:
+            t1 = time.perf_counter()
+            feats, uniq = _extract(prefix, pre, sources, keys_fn, max(32, cfg.trainer.batch_size))
+            built = time.perf_counter() - t1
+            how = (f"built in {built:.1f} s" if why == "missing"
+                   else f"cache entry {entry.name} was {why}: rebuilt in {built:.1f} s")
+            if not saved:
+                try:
+                    _save(entry, material, feats, uniq, built)
+                    how += f", saved to {entry}"
+                except OSError as e:
+                    saved = f"; not saved: {e}"
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(uniq), tf.range(len(uniq), dtype=tf.int64)), -1)
+    features = tf.constant(feats)
+
+    def to_features(x, *rest):
+        idx = table.lookup(keys_fn(x))
+        check = tf.debugging.assert_non_negative(idx, message="an image is missing from the feature cache")
+        with tf.control_dependencies([check]):
+            return (tf.gather(features, idx), *rest)
+
+    def mapped(ds):
+        return ds.map(to_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    per_image = int(np.prod(feats.shape[1:]))
+    note = (f"on: {decision.reason}; {len(uniq)} images x {per_image:,} features, {how}{saved}")
+    return Prepared(mapped(splits.train), mapped(splits.validation), note, time.perf_counter() - t0)
