@@ -1,0 +1,83 @@
+"""What a finished job leaves in its MLflow run besides metrics.
+
+Test predictions (per image: true class, predicted class, probabilities),
+curves drawn from the run's own metric history (so a resumed run shows all
+its epochs), the confusion matrix, the resolved config, the model summary and,
+opt-in, the model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from transferlab import tracking
+
+
+def log_run_artifacts(cfg, model, splits, c, run_id: str, freeze_plan: str) -> dict:
+    """Test predictions, curves, confusion matrix, config, summary (and the model)."""
+    import numpy as np
+
+    from transferlab import plots
+
+    probs = model.predict(splits.test, verbose=0)
+    if splits.num_classes == 2:
+        probs = np.concatenate([1.0 - probs, probs], axis=1)
+    true = np.concatenate([np.asarray(y) for _, y in splits.test])
+    true = true[:, 0].astype(int) if splits.num_classes == 2 else true.argmax(axis=1)
+    pred = probs.argmax(axis=1)
+    # Curves from the MLflow record, so a resumed run shows all its epochs.
+    hist = history(c, run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        (t / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (t / "classes.json").write_text(json.dumps(splits.class_names))
+        lines: list[str] = []
+        model.summary(print_fn=lambda s, **_: lines.append(s), expand_nested=False)
+        (t / "model_summary.txt").write_text("\n".join(lines) + f"\n\nfreeze: {freeze_plan}\n")
+        write_predictions(t / "test_predictions.csv", splits.test_paths, true, pred, probs)
+        plots.curves(hist, t / "curves.png", title=tracking.run_name(cfg),
+                     boundary=cfg.trainer.warmup_epochs or None)
+        plots.confusion(true, pred, splits.class_names, t / "confusion_matrix.png")
+        c.log_artifacts(run_id, str(t))
+    return {"test_images": len(true)}
+
+
+def history(c, run_id: str) -> dict[str, list[float]]:
+    from transferlab.train import METRIC_NAMES
+
+    out = {}
+    for keras_name, name in METRIC_NAMES.items():
+        points = sorted(c.get_metric_history(run_id, name), key=lambda m: m.step)
+        out[keras_name] = [m.value for m in points]
+    return out
+
+
+def log_model(model, splits, uri: str, run_id: str) -> None:
+    """The trained (best) model as an MLflow model with a signature (opt-in: it is large)."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    example = np.asarray(next(iter(splits.test.take(1)))[0][:1])
+    out = np.asarray(model.predict(example, verbose=0))
+    signature = ModelSignature(  # not input_example=: mlflow 3.17's keras flavour crashes (mlflow#16183)
+        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *example.shape[1:]), "image")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]))]))
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):  # closing the block ends the run; job.run sets its final status
+        mlflow.keras.log_model(model, name="model", signature=signature)
+
+
+def write_predictions(path: Path, paths, true, pred, probs) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "true", "pred", "correct"] + [f"p_{k}" for k in range(probs.shape[1])])
+        for p, t, q, row in zip(paths, true, pred, probs):
+            w.writerow([p, int(t), int(q), int(t == q)] + [f"{v:.6f}" for v in row])
