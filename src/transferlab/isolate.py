@@ -4,7 +4,7 @@ Measured here: a process that runs job after job grows by ~60 MB per
 MobileNetV3Small job (~150 MB for bigger models) even with
 ``keras.backend.clear_session()``, so a 50-job sweep in one process would
 keep growing. With ``trainer.isolate=auto`` (the default) every job of a
-multirun runs in a spawned worker process that is replaced after
+basic-launcher multirun runs in a spawned worker process that is replaced after
 ``trainer.jobs_per_process`` jobs: memory is bounded, and TensorFlow is
 imported once per worker rather than once per job. The launching process
 never imports TensorFlow at all.
@@ -112,20 +112,22 @@ def shutdown() -> None:
         _pool = None
 
 
-def dispatch(cfg: DictConfig, overrides: list[str] | None, multirun: bool) -> dict:
+def dispatch(cfg: DictConfig, overrides: list[str] | None, shared_process: bool) -> dict:
     """Runs one job here or in the worker process, as ``trainer.isolate`` says.
 
     Args:
         cfg: the job config.
         overrides: the job's Hydra overrides (kept as an MLflow tag).
-        multirun: whether Hydra runs a sweep (``-m``).
+        shared_process: whether many jobs share the calling process (a sweep
+            under Hydra's basic launcher); other launchers give each job a
+            process of their own, so ``auto`` runs those jobs in place.
 
     Returns:
         ``transferlab.job.run``'s result.
     """
     mode = cfg.trainer.isolate
     share = thread_share(cfg)
-    if mode == "off" or (mode == "auto" and not multirun):
+    if mode == "off" or (mode == "auto" and not shared_process):
         apply_threads(share)
         from transferlab.job import run
 
