@@ -9,12 +9,15 @@ worker. "before" switches off the two changes of this work: frozen-feature
 caching (trainer.feature_cache=off) and the pre-built train step
 (train.prebuild replaced by a no-op, so Keras creates its metric and
 optimizer variables inside the first trace and tf.function traces the train
-step twice). "after" is the default. Both sides alternate; best of --reps.
+step twice). "after" is the default, with an empty feature cache (each
+"after" job computes its features; a later job of a sweep would reuse them).
+Both sides alternate; best of --reps.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,7 @@ def run_job(root, name, px, freeze, before: bool) -> dict:
 
     captured = {}
     real_fit, real_prebuild = train.fit, train.prebuild
+    shutil.rmtree(f"{root}/mlruns/feature_cache", ignore_errors=True)  # every job builds its features
 
     def fit(*a, **k):
         captured["fit"] = real_fit(*a, **k)
