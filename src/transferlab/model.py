@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import keras
 
 from transferlab import backbones, freeze, tracking
+from transferlab.augment import augmentation
 from transferlab.config import input_size
 
 
@@ -64,37 +65,6 @@ class InferenceMode(keras.layers.Layer):
     def from_config(cls, config):
         config["base"] = keras.saving.deserialize_keras_object(config["base"])
         return cls(**config)
-
-
-def augmentation(aug_cfg, seed: int):
-    """The lecture's ImageDataGenerator settings as Keras preprocessing layers.
-
-    ``rotation_range=40`` (degrees) becomes ``RandomRotation(40/360)`` (a
-    fraction of a full turn); shifts keep their fractions. ImageDataGenerator's
-    ``shear_range`` is an angle in *degrees* (x only), so it becomes
-    ``RandomShear(x_factor=tan(angle))``: the lecture's 0.2 is a tiny shear,
-    reproduced as such. Its ``zoom_range=0.2`` zooms x and y independently
-    in [0.8, 1.2], hence both factors of ``RandomZoom``.
-
-    Returns:
-        A ``keras.Sequential`` or None when nothing is enabled.
-    """
-    L = keras.layers
-    layers = []
-    if aug_cfg.rotation:
-        layers.append(L.RandomRotation(aug_cfg.rotation / 360.0, fill_mode="nearest", seed=seed))
-    if aug_cfg.width_shift or aug_cfg.height_shift:
-        layers.append(L.RandomTranslation(aug_cfg.height_shift, aug_cfg.width_shift,
-                                          fill_mode="nearest", seed=seed + 1))
-    if aug_cfg.shear:
-        layers.append(L.RandomShear(x_factor=math.tan(math.radians(aug_cfg.shear)),
-                                    fill_mode="nearest", seed=seed + 2))
-    if aug_cfg.zoom:
-        z = (-aug_cfg.zoom, aug_cfg.zoom)
-        layers.append(L.RandomZoom(z, z, fill_mode="nearest", seed=seed + 3))
-    if aug_cfg.horizontal_flip:
-        layers.append(L.RandomFlip("horizontal", seed=seed + 4))
-    return keras.Sequential(layers, name="augment") if layers else None
 
 
 _OPTIMIZERS = {"rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
@@ -222,7 +192,7 @@ def build_model(cfg, num_classes: int):
 
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
-    aug = augmentation(cfg.augment, cfg.seed)
+    aug = augmentation(cfg.augment, cfg.seed, **({"dtype": "float32"} if mixed else {}))
     if aug is not None:
         x = aug(x)
     # Mixed precision: preprocess_input in float32 (pixel offsets), outputs in float32 (the loss).
