@@ -12,7 +12,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from transferlab.backbones import WeightsUnavailable
-from transferlab.config import ConfigError, check_override_keys, register
+from transferlab.config import ConfigError, register
+from transferlab.validate import check_override_keys
 from transferlab.data import DataError
 from transferlab.freeze import FreezeError
 from transferlab.pretrained import PretrainedError

@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT
 from transferlab.backbones import BACKBONES
-from transferlab.config import ConfigError, validate
+from transferlab.config import ConfigError
+from transferlab.validate import validate
 
 GROUPS = ["backbone", "freeze", "dataset", "optimizer", "augment", "head", "trainer", "tracking"]
 PARAMETERISED = {"last_n": ["freeze.n=3"], "last_blocks": ["freeze.n=1"],

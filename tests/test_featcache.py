@@ -9,7 +9,8 @@ import pytest
 
 from conftest import TINY
 from transferlab import data, featcache, job
-from transferlab.config import ConfigError, validate
+from transferlab.config import ConfigError
+from transferlab.validate import validate
 from transferlab.model import build_model
 
 EPOCHS = ["trainer.epochs=3", "tracking.skip_finished=false"]

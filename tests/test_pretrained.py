@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY
-from transferlab import backbones, job, pretrained, synthetic
-from transferlab.config import ConfigError, validate
+from transferlab import backbones, basecopy, job, pretrained, synthetic
+from transferlab.config import ConfigError
+from transferlab.validate import validate
 from transferlab.model import build_model
 
 _SOURCE: dict = {}
@@ -41,7 +42,7 @@ def source(tmp_path_factory, compose):
 
 def _source_base(src):
     _, loc = pretrained.resolve(f"run:{src['run_id']}", src["uri"])
-    return pretrained.base_of(pretrained.load_logged_model(src["uri"], loc))
+    return basecopy.base_of(pretrained.load_logged_model(src["uri"], loc))
 
 
 def _images(src, n=8):
@@ -148,7 +149,7 @@ def test_validate_checks_run_syntax_without_tensorflow(compose):
         validate(compose(["backbone.weights=/no/such.weights.h5"]))
     code = ("import sys; sys.path.insert(0, 'tests'); from conftest import ROOT\n"
             "from hydra import compose, initialize_config_dir\n"
-            "from transferlab.config import validate\n"
+            "from transferlab.validate import validate\n"
             "with initialize_config_dir(str(ROOT / 'conf'), version_base='1.3'):\n"
             "    validate(compose('config', overrides=['backbone.weights=run:latest:x']))\n"
             "    validate(compose('config', overrides=['backbone.weights=run:0a1b2c']))\n"

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from conftest import TINY
 from test_sweep_e2e import runs_of, sweep
 from transferlab import isolate, job
-from transferlab.config import ConfigError, validate
+from transferlab.config import ConfigError
+from transferlab.validate import validate
 from transferlab.model import build_model, speed_switches
 from transferlab.train import prebuild
 

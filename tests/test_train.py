@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from conftest import TINY
 from transferlab import data, job
 from transferlab.model import build_model
-from transferlab.train import EpochBackup, fit, lr_at
+from transferlab.backup import EpochBackup
+from transferlab.train import fit, lr_at
 
 
 def _xy(n=16, size=32, seed=0):

@@ -153,15 +153,15 @@ def build(name: str, input_size: int, weights: str | None = "imagenet",
     """
     import keras
 
-    from transferlab import pretrained
+    from transferlab import basecopy, pretrained
 
     how = pretrained.kind(weights)
     if how == "run":
         if not tracking_uri:
             raise ValueError(f"backbone.weights={weights}: building from a run needs tracking_uri")
-        return pretrained.from_run(name, input_size, weights, tracking_uri)
+        return basecopy.from_run(name, input_size, weights, tracking_uri)
     if how == "keras":
-        return pretrained.from_keras_file(name, input_size, weights)
+        return basecopy.from_keras_file(name, input_size, weights)
     s = spec(name)
     ctor = getattr(keras.applications, s.constructor)
     try:
@@ -173,7 +173,7 @@ def build(name: str, input_size: int, weights: str | None = "imagenet",
     except (ValueError, OSError) as e:  # a local file that does not fit, or is no HDF5 file
         if how != "file":
             raise
-        raise pretrained.file_mismatch(name, weights, e) from e
+        raise basecopy.file_mismatch(name, weights, e) from e
     except Exception as e:  # Keras raises a bare Exception("URL fetch failure ...")
         if weights != "imagenet" or "fetch failure" not in str(e).lower():
             raise

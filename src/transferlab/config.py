@@ -1,27 +1,22 @@
-"""Typed config schema and the checks that run before TensorFlow is imported.
+"""Typed config schema, registered in Hydra's ConfigStore.
 
-The dataclasses are registered in Hydra's ConfigStore as the base of
-``conf/config.yaml``, so a misspelt key or a wrong type is rejected by Hydra
-itself while composing. ``validate`` then checks values against the tables
-(backbones, strategies, optimizers) so a bad sweep fails in milliseconds,
-not after TensorFlow has spent seconds importing.
+The dataclasses are the base of ``conf/config.yaml``, so a misspelt key or a
+wrong type is rejected by Hydra itself while composing; ``validate.py``
+then checks the values before TensorFlow is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from transferlab.backbones import BACKBONES, spec
-from transferlab.freeze import STRATEGIES
+from transferlab.backbones import spec
 
 # conf/hydra/launcher/*.yaml share names with the launcher plugins' own configs,
 # so Hydra validates them against the plugins' schemas (typos are caught) and
@@ -170,17 +165,6 @@ class Config:
     name: Optional[str] = None
 
 
-OPTIMIZERS = ("rmsprop", "adam", "sgd", "adamw")
-POOLINGS = ("flatten", "gap")
-DATASETS = ("synthetic", "cats_dogs", "folder")
-BN_POLICIES = ("frozen", "trainable")
-SCHEDULERS = ("constant", "cosine", "step")
-MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
-ISOLATE = ("auto", "process", "off")
-FEATURE_CACHE = ("auto", "on", "off")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-
-
 def register() -> None:
     """Registers the schema and the ``cwd`` resolver; idempotent."""
     ConfigStore.instance().store(name="transferlab_schema", node=Config)
@@ -203,183 +187,6 @@ def schema_keys() -> set[str]:
     return keys
 
 
-def check_override_keys(args: list[str]) -> None:
-    """Rejects a misspelt ``key=value`` override, naming the closest keys.
-
-    Hydra rejects them too, but advises ``+key=value`` (append), which is
-    wrong for a typo and would fail against the schema anyway.
-
-    Raises:
-        ConfigError: naming the key and the closest valid ones.
-    """
-    keys = schema_keys() | {"experiment"}
-    for arg in args:
-        m = re.match(r"([A-Za-z_][\w.]*)=", arg)  # not +key, ~key, hydra/launcher=, -m
-        if not m or m.group(1).split(".")[0] == "hydra" or m.group(1) in keys:
-            continue
-        key = m.group(1)
-        close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
-        group = key.rsplit(".", 1)[0] if "." in key else None
-        siblings = sorted(k for k in keys if group and k.startswith(group + ".") and k.count(".") == 1)
-        raise ConfigError(
-            f"Unknown config key {key!r}."
-            + (f" Did you mean {' or '.join(close)}?" if close else "")
-            + (f" Keys of {group}: {', '.join(siblings)}." if siblings else "")
-            + " (python run.py --cfg job prints the whole config.)"
-        )
-
-
-def _choose(value: Any, allowed, what: str, fix: str) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(
-            f"Unknown {what} {value!r}.{hint} Allowed: {', '.join(map(str, allowed))}. "
-            f"Fix: {fix}"
-        )
-
-
 def input_size(cfg: DictConfig) -> int:
     """The image side length a job trains at: ``image_size`` or the backbone's own."""
     return int(cfg.image_size or spec(cfg.backbone.name).default_size)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Checks a composed config; raises ConfigError naming the bad value.
-
-    Args:
-        cfg: the composed job config (``Config`` schema).
-
-    Raises:
-        ConfigError: with the bad value, the allowed ones and the override to fix it.
-    """
-    _choose(cfg.backbone.name, sorted(BACKBONES), "backbone",
-            "pass backbone=<name>, e.g. backbone=vgg19.")
-    bb = spec(cfg.backbone.name)
-    _choose(cfg.freeze.strategy, STRATEGIES, "freeze strategy",
-            "pass freeze=<strategy>, e.g. freeze=all or freeze=last4.")
-    _choose(cfg.freeze.bn, BN_POLICIES, "freeze.bn policy", "freeze.bn=frozen.")
-    _choose(cfg.optimizer.name, OPTIMIZERS, "optimizer", "optimizer=rmsprop.")
-    _choose(cfg.head.pooling, POOLINGS, "head", "head=flatten or head=gap.")
-    _choose(cfg.dataset.name, DATASETS, "dataset", "dataset=synthetic.")
-    _choose(cfg.trainer.isolate, ISOLATE, "trainer.isolate", "trainer.isolate=auto.")
-    _choose(cfg.scheduler.name, SCHEDULERS, "scheduler", "scheduler=constant.")
-    _choose(cfg.trainer.strategy, ("default", "mirrored"), "trainer.strategy",
-            "trainer.strategy=default or trainer.strategy=mirrored.")
-    _choose(cfg.trainer.early_stopping.monitor, MONITORS, "trainer.early_stopping.monitor",
-            "trainer.early_stopping.monitor=val_loss.")
-    if not cfg.lr > 0:
-        raise ConfigError(f"lr must be > 0, got lr={cfg.lr}. Fix: e.g. lr=1e-4.")
-    if not cfg.trainer.warmup_lr > 0:
-        raise ConfigError(f"trainer.warmup_lr must be > 0, got {cfg.trainer.warmup_lr}.")
-    if not cfg.optimizer.backbone_lr_mult > 0:
-        raise ConfigError(f"optimizer.backbone_lr_mult must be > 0, got {cfg.optimizer.backbone_lr_mult}.")
-    if cfg.trainer.warmup_epochs < 0:
-        raise ConfigError(f"trainer.warmup_epochs must be >= 0, got {cfg.trainer.warmup_epochs}.")
-    p = cfg.trainer.early_stopping.patience
-    if p is not None and p < 1:
-        raise ConfigError(f"trainer.early_stopping.patience must be >= 1 or null (off), got {p}.")
-    s = cfg.scheduler
-    if s.linear_warmup_epochs < 0 or s.step_size < 1 or not 0 < s.gamma <= 1 or not 0 <= s.min_lr_ratio <= 1:
-        raise ConfigError(
-            f"scheduler values out of range: linear_warmup_epochs={s.linear_warmup_epochs} (>= 0), "
-            f"step_size={s.step_size} (>= 1), gamma={s.gamma} (0..1], min_lr_ratio={s.min_lr_ratio} [0..1].")
-    if cfg.trainer.epochs < 1:
-        raise ConfigError(f"trainer.epochs must be >= 1, got {cfg.trainer.epochs}.")
-    if cfg.trainer.jobs_per_process < 1:
-        raise ConfigError(f"trainer.jobs_per_process must be >= 1, got {cfg.trainer.jobs_per_process}.")
-    _validate_speed(cfg)
-    if cfg.trainer.batch_size < 1:
-        raise ConfigError(f"trainer.batch_size must be >= 1, got {cfg.trainer.batch_size}.")
-    for key in ("steps_per_epoch", "validation_steps"):
-        v = cfg.trainer[key]
-        if v is not None and v < 1:
-            raise ConfigError(f"trainer.{key} must be >= 1 or null (whole split), got {v}.")
-    if not 0 <= cfg.head.dropout < 1:
-        raise ConfigError(f"head.dropout must be in [0, 1), got {cfg.head.dropout}.")
-    size = input_size(cfg)
-    if size < bb.min_size:
-        raise ConfigError(
-            f"image_size={size} is below the minimum input size of {cfg.backbone.name} "
-            f"({bb.min_size} px). Fix: image_size={bb.min_size} or larger "
-            f"(its default is {bb.default_size})."
-        )
-    _validate_freeze(cfg, bb)
-    _validate_dataset(cfg)
-    w = cfg.backbone.weights
-    if w is not None and str(w).startswith("run:"):  # syntax only: the run is looked up at build
-        from transferlab.pretrained import PretrainedError, parse
-
-        try:
-            parse(w)
-        except PretrainedError as e:
-            raise ConfigError(str(e)) from None
-    elif w not in (None, "imagenet") and not os.path.isfile(w):
-        raise ConfigError(
-            f"backbone.weights={w!r} is neither 'imagenet', null, run:<run id>, "
-            "run:latest:<experiment> nor an existing file. "
-            "Fix: backbone.weights=imagenet (download), backbone.weights=null "
-            "(random init), the path to a local .h5/.weights.h5 weights file or a "
-            ".keras model, or run:<id> for the backbone an earlier job trained "
-            "(with tracking.log_model=true)."
-        )
-
-
-def _validate_speed(cfg: DictConfig) -> None:
-    t = cfg.trainer
-    _choose(t.feature_cache, FEATURE_CACHE, "trainer.feature_cache", "trainer.feature_cache=auto.")
-    _choose(t.precision, PRECISIONS, "trainer.precision", "trainer.precision=float32.")
-    if t.threads is not None and t.threads < 1:
-        raise ConfigError(f"trainer.threads must be >= 1 or null (share of the cores), got {t.threads}.")
-    a = cfg.augment
-    if t.feature_cache == "on" and any((a.rotation, a.width_shift, a.height_shift, a.shear, a.zoom,
-                                        a.horizontal_flip)):
-        raise ConfigError(
-            f"trainer.feature_cache=on cannot be used with augment={a.name}: augmentation runs "
-            "before the frozen layers, so their output differs every epoch and cached features "
-            "would change the result. Fix: augment=none, or trainer.feature_cache=auto "
-            "(caches only where the result stays the same) or off.")
-
-
-def _validate_freeze(cfg: DictConfig, bb) -> None:
-    s = cfg.freeze
-    if s.strategy in ("last_n", "last_blocks"):
-        if s.n is None or s.n < 0:
-            raise ConfigError(
-                f"freeze={s.strategy} needs freeze.n >= 0 (how many "
-                f"{'layers' if s.strategy == 'last_n' else 'blocks'} to train), got {s.n}."
-            )
-        if s.strategy == "last_n" and s.n > bb.num_layers:
-            raise ConfigError(
-                f"freeze.n={s.n} is larger than {cfg.backbone.name}'s {bb.num_layers} layers. "
-                f"Fix: freeze.n between 0 and {bb.num_layers}, or freeze=none."
-            )
-        if s.strategy == "last_blocks" and not bb.block_regex:
-            raise ConfigError(
-                f"{cfg.backbone.name}'s layer names carry no block structure, so "
-                "freeze=last_blocks cannot apply. Fix: freeze=last_n freeze.n=<layers> "
-                "or freeze=from_layer freeze.layer=<layer name>."
-            )
-    if s.strategy == "from_layer" and not s.layer:
-        raise ConfigError("freeze=from_layer needs freeze.layer=<layer name of the base>.")
-
-
-def _validate_dataset(cfg: DictConfig) -> None:
-    d = cfg.dataset
-    if d.name == "synthetic":
-        if not 2 <= d.num_classes <= 8:
-            raise ConfigError(f"dataset.num_classes must be 2..8, got {d.num_classes}.")
-        if d.images_per_class < 3:
-            raise ConfigError(
-                f"dataset.images_per_class must be >= 3 (one per split), got {d.images_per_class}."
-            )
-        return
-    if not d.path:
-        raise ConfigError(f"dataset={d.name} needs dataset.path=<folder with train/ validation/ test/>.")
-    if not os.path.isdir(d.path):
-        where = (" Put the lecture data there as {train,validation,test}/{cats,dogs}/, or "
-                 "point data_dir=<folder holding cats_dogs/> at it." if d.name == "cats_dogs" else "")
-        raise ConfigError(
-            f"dataset.path={d.path!r} does not exist. It must hold train/, validation/ and "
-            f"test/, each with one sub-folder per class.{where}"
-        )

@@ -24,7 +24,7 @@ rebuilt. ``splits.train`` is mapped image -> features by a lookup keyed on a
 exactly as without the cache), and an image missing from the cache is an
 error, never a silent mismatch.
 
-On disk (``trainer.feature_cache_dir``, default ``<mlruns>/feature_cache``),
+On disk (featstore.py; ``trainer.feature_cache_dir``, default ``<mlruns>/feature_cache``),
 one folder per key; the key hashes everything the features depend on:
 backbone, the prefix's weights (a hash of their values, so calibrated random
 bases and local weight files are told apart), input size, cut layer,
@@ -36,24 +36,16 @@ share one computation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from transferlab import featstore as store
+
 MODES = ("auto", "on", "off")
-FORMAT = 1  # bump when the stored layout or the key changes
-
-try:  # POSIX; elsewhere parallel jobs may both compute the same features
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
-
 
 class FeatureCacheError(RuntimeError):
     """``trainer.feature_cache=on`` where caching would change the result."""
@@ -79,15 +71,6 @@ class Prepared:
     validation: object
     note: str  # for the log and the MLflow tag
     seconds: float
-
-
-def cache_dir(cfg) -> Path:
-    """``trainer.feature_cache_dir`` or ``<mlflow store folder>/feature_cache``."""
-    if cfg.trainer.get("feature_cache_dir"):
-        return Path(cfg.trainer.feature_cache_dir)
-    from transferlab.tracking import default_store_dir
-
-    return default_store_dir(cfg) / "feature_cache"
 
 
 def _source(ds):
@@ -192,95 +175,6 @@ def _image_keys(sources, keys) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def weights_hash(layers_model) -> str:
-    """sha256 over a model's weight values (name, shape and bytes of each)."""
-    h = hashlib.sha256()
-    for w in layers_model.weights:
-        a = np.ascontiguousarray(w.numpy())
-        h.update(f"{w.path}:{a.dtype}:{a.shape};".encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
-def _material(cfg, model, decision: Decision, prefix, keys: np.ndarray) -> dict:
-    import keras
-    import tensorflow as tf
-
-    pre = model.get_layer("preprocess")
-    return {
-        "format": FORMAT,
-        "backbone": cfg.backbone.name,
-        "weights_sha256": weights_hash(prefix),
-        "input_shape": list(model.inputs[0].shape[1:]),
-        "cut": decision.cut_name,
-        "prefix_layers": len(prefix.layers),
-        "preprocess": f"{pre.backbone}:{pre._fn.__module__}.{pre._fn.__name__}",  # noqa: SLF001
-        "dtype_policy": keras.mixed_precision.global_policy().name,
-        "versions": f"tf {tf.__version__}, keras {keras.__version__}",
-        "images": int(len(keys)),
-        "images_sha256": hashlib.sha256(np.sort(keys).tobytes()).hexdigest(),
-    }
-
-
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
-
-
-def _load(entry: Path, material: dict, keys: np.ndarray):
-    """(features, keys) from a cache entry, or (None, why it cannot be used)."""
-    meta_file = entry / "meta.json"
-    if not meta_file.exists():
-        return None, "missing"
-    try:
-        meta = json.loads(meta_file.read_text())
-        if meta.get("material") != material:
-            return None, "stale (it was made for other weights, data or settings)"
-        k = np.load(entry / "keys.npy", allow_pickle=False)
-        f = np.load(entry / "features.npy", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        return None, f"corrupt ({type(e).__name__}: {str(e)[:120]})"
-    if _digest(k) != meta.get("keys_sha256") or _digest(f) != meta.get("features_sha256"):
-        return None, "corrupt (checksum mismatch)"
-    if len(k) != len(f) or not np.array_equal(k, np.unique(keys)):
-        return None, "stale (it holds other images)"
-    return (f, k), ""
-
-
-def _save(entry: Path, material: dict, feats: np.ndarray, keys: np.ndarray, seconds: float) -> None:
-    tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "features.npy", feats, allow_pickle=False)
-    np.save(tmp / "keys.npy", keys, allow_pickle=False)
-    meta = {"material": material, "features_sha256": _digest(feats), "keys_sha256": _digest(keys),
-            "shape": list(feats.shape), "dtype": str(feats.dtype), "build_seconds": round(seconds, 2),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(entry, ignore_errors=True)  # a stale or corrupt entry (we hold the lock)
-    os.replace(tmp, entry)
-
-
-class _Lock:
-    """An exclusive lock file per cache key, so parallel jobs compute features once."""
-
-    def __init__(self, path: Path):
-        self.path, self.f = path, None
-
-    def __enter__(self):
-        if fcntl is not None:
-            try:
-                self.f = open(self.path, "w")
-                fcntl.flock(self.f, fcntl.LOCK_EX)
-            except OSError:
-                self.f = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.f is not None:
-            fcntl.flock(self.f, fcntl.LOCK_UN)
-            self.f.close()
-
-
 def _extract(prefix, pre, sources, keys_fn, batch_size: int):
     """Features and keys of every image in ``sources`` (first occurrence of each content)."""
     import tensorflow as tf
@@ -329,7 +223,7 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
         model: the full classifier (its preprocess layer and base compute the features).
         cfg: the job config.
         splits: ``data.Splits``; train and validation are mapped to features.
-        folder: the cache folder (default ``cache_dir(cfg)``).
+        folder: the cache folder (default ``featstore.cache_dir(cfg)``).
     """
     import keras
     import tensorflow as tf
@@ -342,18 +236,18 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
     sources = [_source(splits.train), _source(splits.validation)]
     keys_fn = _keys_fn()
     keys = _image_keys(sources, keys_fn)
-    material = _material(cfg, model, decision, prefix, keys)
-    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
-    folder = Path(folder) if folder is not None else cache_dir(cfg)
+    material = store.material(cfg, model, decision.cut_name, prefix, keys)
+    key = store.entry_key(material)
+    folder = Path(folder) if folder is not None else store.cache_dir(cfg)
     entry = folder / key
     saved = ""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = _Lock(folder / f"{key}.lock")
+        lock = store.Lock(folder / f"{key}.lock")
     except OSError as e:
-        lock, saved = _Lock(Path(os.devnull)), f"; not saved: {e}"
+        lock, saved = store.Lock(Path(os.devnull)), f"; not saved: {e}"
     with lock:
-        loaded, why = _load(entry, material, keys) if not saved else (None, "missing")
+        loaded, why = store.load(entry, material, keys) if not saved else (None, "missing")
         if loaded is not None:
             feats, uniq = loaded
             how = f"reused {entry} ({time.perf_counter() - t0:.1f} s)"
@@ -365,7 +259,7 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
                    else f"cache entry {entry.name} was {why}: rebuilt in {built:.1f} s")
             if not saved:
                 try:
-                    _save(entry, material, feats, uniq, built)
+                    store.save(entry, material, feats, uniq, built)
                     how += f", saved to {entry}"
                 except OSError as e:
                     saved = f"; not saved: {e}"

@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from transferlab import pretrained, tracking
-from transferlab.config import input_size, validate
+from transferlab.config import input_size
+from transferlab.validate import validate
 
 
 def dataset_path(cfg: DictConfig) -> Path:
@@ -122,7 +123,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             c.log_artifact(run_id, str(p))
         c.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
-    from transferlab.train import clear_backup
+    from transferlab.backup import clear_backup
 
     clear_backup(backup_dir)
     c.set_terminated(run_id, "FINISHED")

@@ -146,7 +146,7 @@ def from_imagenet(backbone: str, weights: str | None = None) -> Predictor:
     """
     import keras
 
-    from transferlab import backbones, pretrained
+    from transferlab import backbones, basecopy
 
     try:
         s = backbones.spec(backbone)
@@ -161,7 +161,7 @@ def from_imagenet(backbone: str, weights: str | None = None) -> Predictor:
     except ValueError as e:
         if weights is None:
             raise
-        raise PredictError(str(pretrained.file_mismatch(backbone, weights, e, include_top=True))) from None
+        raise PredictError(str(basecopy.file_mismatch(backbone, weights, e, include_top=True))) from None
     except Exception as e:  # Keras raises a bare Exception("URL fetch failure ...")
         if weights is not None or "fetch failure" not in str(e).lower():
             raise

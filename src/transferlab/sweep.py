@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferlab import tracking
-from transferlab.config import validate
+from transferlab.validate import validate
 
 
 def _task_config(config: DictConfig) -> DictConfig:
