@@ -31,7 +31,16 @@ def test_epoch_backup_restores_weights_and_optimizer_state(compose, tmp_path):
     assert int(again.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) == 4
     for a, b in zip(model.weights, again.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["epoch2.weights.h5", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["constant.h5", "epoch2.weights.h5", "state.json"]
+    # The frozen base's weights are written once (constant.h5), each epoch's file holds the rest.
+    import h5py
+
+    with h5py.File(tmp_path / "b" / "constant.h5") as c, h5py.File(tmp_path / "b" / "epoch2.weights.h5") as e:
+        constant, per_epoch = {int(k) for k in c.keys()}, {int(k) for k in e.keys()}
+    base = model.get_layer("base").base
+    assert len(constant) == len(base.non_trainable_weights) > 0
+    assert constant.isdisjoint(per_epoch)
+    assert constant | per_epoch == set(range(len(model.weights) + len(model.optimizer.variables)))
 
 
 @pytest.mark.parametrize("sched,epoch,expected", [

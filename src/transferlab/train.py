@@ -44,6 +44,10 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self.first_step: float | None = None
         self.first_step_at: float | None = None  # perf_counter() when the first step ended
         self._t0 = self._epoch_t0 = 0.0
+        # Keras runs batch hooks synchronously, converting each step's logs to Python
+        # floats (a device sync per step), unless every callback with one is async_safe.
+        # This one only reads the clock, so Keras may call it from its thread pool.
+        self.async_safe = True
 
     def on_train_begin(self, logs=None):
         self._t0 = time.perf_counter()
