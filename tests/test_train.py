@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY
-from transferlab import data, job
+from transferlab import artifacts, data, job
 from transferlab.model import build_model
 from transferlab.backup import EpochBackup
 from transferlab.train import fit, lr_at
@@ -120,6 +120,21 @@ def test_early_stopping_restores_the_best_epoch(compose, tmp_path):
     test_loss = model.evaluate(splits.test, verbose=0)[0]
     assert test_loss == pytest.approx(val[best], rel=1e-4)
     assert not np.isclose(test_loss, val[last])
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_test_scores_from_one_predict_match_keras_evaluate(compose, classes):
+    """job.py scores the test split from its predictions: the same loss and accuracy as evaluate."""
+    cfg = compose([*TINY, f"dataset.num_classes={classes}", "dataset.images_per_class=12"])
+    splits = data.load(data.scan(job.dataset_path(cfg)), 32, 8, cfg.seed)
+    model, _, _ = build_model(cfg, classes)
+    model.fit(splits.train, epochs=1, verbose=0, shuffle=False)  # away from the initial, near-uniform outputs
+    loss, acc = model.evaluate(splits.test, verbose=0)
+    scores = artifacts.test_scores(model, splits)
+    assert scores.loss == pytest.approx(loss, rel=1e-5)
+    assert scores.acc == pytest.approx(acc, abs=1e-6)
+    assert scores.probs.shape == (len(splits.test_paths), classes)
+    np.testing.assert_array_equal(scores.pred, scores.probs.argmax(axis=1))
 
 
 def test_mirrored_strategy_runs_on_the_cpu(compose, tmp_path):

@@ -251,7 +251,8 @@ def _train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
 
         fit = train.fit(model, base, cfg, splits, c, run_id, backup_dir,
                         backbones.spec(cfg.backbone.name).block_regex, logged_until)
-    test_loss, test_acc = model.evaluate(splits.test, verbose=0)  # best weights if early-stopped
+    scores = artifacts.test_scores(model, splits)  # best weights if early-stopped
+    test_loss, test_acc = scores.loss, scores.acc
     metrics = {
         "test_acc": float(test_acc), "test_loss": float(test_loss),
         "params_total": total, "params_trainable": fit.trainable[-1],
@@ -263,7 +264,7 @@ def _train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
         metrics["phase1_params_trainable"] = fit.trainable[0]
     if fit.best_epoch is not None:
         metrics["best_epoch"] = fit.best_epoch
-    metrics.update(artifacts.log_run_artifacts(cfg, model, splits, c, run_id, plan.description))
+    metrics.update(artifacts.log_run_artifacts(cfg, model, splits, scores, c, run_id, plan.description))
     if cfg.tracking.log_model:
         artifacts.log_model(model, splits, tracking.tracking_uri(cfg), run_id)
     rss = _rss_mb()

@@ -213,8 +213,6 @@ def fit(model, base, cfg, splits, client, run_id: str, backup_dir: Path,
         client.set_tag(run_id, "feature_cache", "; ".join(notes)[:5000])
         print(f"[transferlab] feature cache{'' if len(phases) == 1 else f' (phase {phase})'}: {note}")
         prebuild(train_model, train_ds)
-        if train_model is not model:
-            prebuild(model, splits.test)  # job.py evaluates the full model: one trace there too
         callbacks = [
             logger,  # first: a step is logged before its backup is written
             backup,
