@@ -31,7 +31,7 @@ def test_same_output_as_image_data_generator(params):
                          b(params["zx"]), b(params["zy"]), b(float(params["flip_horizontal"])), 32, 32)
     got = np.asarray(keras.ops.image.affine_transform(x[None], rows, interpolation="bilinear",
                                                       fill_mode="nearest"))[0]
-    assert np.abs(got - want).max() < 0.05, np.abs(got - want).max()
+    assert np.abs(got - want).max() < 1e-3, np.abs(got - want).max()  # measured ~1e-4 (float32 vs 64)
     assert np.abs(got - x).mean() > 5  # the transform did something
 
 
