@@ -12,9 +12,11 @@ import mlflow
 from conftest import ROOT, TINY
 from test_sweep_e2e import PER_EPOCH, runs_of
 
-# 4 jobs x 3 epochs; 25 steps per epoch make an epoch last long enough (~1-2 s)
-# for the kill to land inside epoch 2 of job 2.
-ARGS = [*TINY, "seed=1,2,3,4", "trainer.epochs=3", "trainer.steps_per_epoch=25"]
+# 4 jobs x 3 epochs; 25 steps per epoch on images make an epoch last long enough
+# (~1-2 s) for the kill to land inside epoch 2 of job 2. On cached features an
+# epoch takes ~0.1 s and the sweep could finish between two polls.
+ARGS = [*TINY, "seed=1,2,3,4", "trainer.epochs=3", "trainer.steps_per_epoch=25",
+        "trainer.feature_cache=off"]
 
 
 def _cmd(tmp_path):
@@ -53,8 +55,11 @@ def test_kill_during_job_2_then_rerun_resumes_without_duplicates(tmp_path):
         while time.time() < deadline and proc.poll() is None:
             if db.exists():
                 steps = _job_steps(db)
-                if len(steps) == 2 and list(steps.values())[1] == [0]:
-                    killed_run = list(steps)[1]  # job 2 finished epoch 1: epoch 2 is running
+                # Job 2 finished epoch 1 and its backup is on disk (written just after the
+                # epoch is logged; job 1's was removed when it finished): epoch 2 is running.
+                backed_up = any((tmp_path / "mlruns" / "backups").glob("*/phase1/state.json"))
+                if len(steps) == 2 and list(steps.values())[1] == [0] and backed_up:
+                    killed_run = list(steps)[1]
                     break
             time.sleep(0.1)
     finally:
