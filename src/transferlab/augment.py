@@ -19,6 +19,11 @@ import keras
 from keras import ops
 
 
+# The augment config keys, ImageDataGenerator's meanings; all but the flip resample.
+GEOMETRIC = ("rotation", "width_shift", "height_shift", "shear", "zoom")
+PARAMS = (*GEOMETRIC, "horizontal_flip")
+
+
 def _mat(rows):
     """A (batch, 3, 3) tensor from nested lists of (batch,) tensors."""
     return ops.stack([ops.stack(r, axis=-1) for r in rows], axis=-2)
@@ -90,7 +95,7 @@ class RandomAffine(keras.layers.Layer):
                            horizontal_flip=bool(horizontal_flip))
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
-        self._geometric = any(self.params[k] for k in ("rotation", "width_shift", "height_shift", "shear", "zoom"))
+        self._geometric = any(self.params[k] for k in GEOMETRIC)
 
     def _uniform(self, batch, bound, centre=0.0):
         return keras.random.uniform((batch,), centre - bound, centre + bound, seed=self.generator)
@@ -131,8 +136,7 @@ def augmentation(aug_cfg, seed: int, **kwargs):
     Returns:
         A ``RandomAffine`` layer or None.
     """
-    params = {k: aug_cfg[k] for k in ("rotation", "width_shift", "height_shift", "shear", "zoom",
-                                      "horizontal_flip")}
+    params = {k: aug_cfg[k] for k in PARAMS}
     if not any(params.values()):
         return None
     return RandomAffine(**params, seed=seed, name="augment", **kwargs)
