@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/feature_cache.py --quick    # MobileNetV2@96 only
 
 freeze=all, 10 epochs, random-init bases (no download here), synthetic images.
-For each backbone, in one process: a job with trainer.feature_cache=off, one
+For each backbone, in one process: a job with runtime.feature_cache=off, one
 with auto on an empty cache (features built), one with auto again (the
 cache reused, as by the next job of a sweep). Prints wall time per job, the
 fit time (feature extraction included), the ratios, and the final metrics of
@@ -31,7 +31,7 @@ def one(cfg):
     import keras
     import mlflow
 
-    from transferlab import job
+    from transferlab.runner import job
 
     keras.utils.set_random_seed(cfg.seed)  # data.load's shuffle seeds read TF's global seed
     t0 = time.perf_counter()
@@ -58,12 +58,12 @@ def main():
             continue
         root = tempfile.mkdtemp(prefix=f"fc_{name}_")
         base = [f"backbone={name}", "backbone.weights=null", f"image_size={px}", "freeze=all",
-                f"trainer.epochs={args.epochs}", "trainer.verbose=0", "trainer.isolate=off",
+                f"trainer.epochs={args.epochs}", "runtime.verbose=0", "runtime.isolate=off",
                 "tracking.skip_finished=false", f"dataset.images_per_class={per_class}",
                 f"dataset.source_size={px}"]
         res = {}
         for side, fc in (("off", "off"), ("cache built", "auto"), ("cache reused", "auto")):
-            res[side] = one(compose([*base, f"trainer.feature_cache={fc}"], root))
+            res[side] = one(compose([*base, f"runtime.feature_cache={fc}"], root))
             print(f"  {name}@{px} {side}: {res[side]} ({load()})", flush=True)
         off, built, reused = res["off"], res["cache built"], res["cache reused"]
         e100_off = 100 * off["epoch"]

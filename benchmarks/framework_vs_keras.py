@@ -7,13 +7,13 @@ Same data (synthetic PNG folder, 150 images per class at 96 px: 210 train,
 batch 32, RMSprop, same epochs. The plain script is what a user writes:
 image_dataset_from_directory + cache + prefetch, base(training=False),
 model.fit(train, validation_data=val). transferlab runs a whole job
-(trainer.feature_cache=off, so both compute the same thing; MLflow logging,
+(runtime.feature_cache=off, so both compute the same thing; MLflow logging,
 per-epoch backups included). Per-epoch time = the time between the ends of
 consecutive epochs (training, validation and, for the framework, its
 per-epoch MLflow logging and backup), median over epochs 2..N (epoch 1
 holds the graph tracing); the two sides alternate in this process, best of
 --reps. The last column is the
-framework with its default trainer.feature_cache=auto, for reference.
+framework with its default runtime.feature_cache=auto, for reference.
 """
 
 from __future__ import annotations
@@ -65,13 +65,13 @@ def framework(root: Path, freeze: str, epochs: int, feature_cache: str) -> float
     import keras
     import mlflow
 
-    from transferlab import job
+    from transferlab.runner import job
 
     cfg = compose(["backbone=mobilenetv2", "backbone.weights=null", f"image_size={SIZE}",
                    f"freeze={freeze}", f"trainer.epochs={epochs}", f"trainer.batch_size={BS}",
-                   f"lr={LR}", "trainer.verbose=0", "trainer.isolate=off", "tracking.skip_finished=false",
+                   f"lr={LR}", "runtime.verbose=0", "runtime.isolate=off", "tracking.skip_finished=false",
                    f"dataset.images_per_class={PER_CLASS}", f"dataset.source_size={SIZE}",
-                   f"trainer.feature_cache={feature_cache}"], root)
+                   f"runtime.feature_cache={feature_cache}"], root)
     keras.utils.set_random_seed(42)
     out = job.run(cfg)
     c = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
@@ -88,7 +88,7 @@ def main():
     args = ap.parse_args()
     print("machine:", machine())
     root = Path(tempfile.mkdtemp(prefix="fw_"))
-    from transferlab import synthetic
+    from transferlab.data import synthetic
 
     folder = synthetic.generate(root / "data", 2, PER_CLASS, SIZE, 0)
     rows = []

@@ -1,4 +1,4 @@
-"""Images/s with and without trainer.precision=mixed_float16 and trainer.jit_compile.
+"""Images/s with and without runtime.precision=mixed_float16 and runtime.jit_compile.
 
     .venv/bin/python benchmarks/gpu_switches.py            # on a machine with a GPU, in one go
     .venv/bin/python benchmarks/gpu_switches.py --smoke    # anywhere: tiny, checks it runs
@@ -29,12 +29,12 @@ def images_per_s(name: str, freeze: str, precision: str, jit: bool, size: int, b
     import keras
     import tensorflow as tf
 
-    from transferlab.model import build_model, speed_switches
-    from transferlab.train import prebuild
+    from transferlab.models.build import build_model, speed_switches
+    from transferlab.engine.train import prebuild
 
     keras.backend.clear_session()
     cfg = compose([f"backbone={name}", "backbone.weights=null", f"image_size={size}", f"freeze={freeze}",
-                   f"trainer.precision={precision}", f"trainer.jit_compile={str(jit).lower()}",
+                   f"runtime.precision={precision}", f"runtime.jit_compile={str(jit).lower()}",
                    "optimizer=adam"], "/tmp")
     sw = speed_switches(cfg)
     model, _, _ = build_model(cfg, 10)

@@ -7,7 +7,7 @@ size, batch 32, the lecture's augmentation (rotation 40, shifts 0.2, shear
 0.2, zoom 0.2, horizontal flip) in both: ImageDataGenerator decodes and
 augments image by image in Python every epoch; transferlab decodes once
 (data.load: tf.data, parallel map, in-memory cache, prefetch) and augments
-whole batches with the layer the model uses (transferlab.augment.RandomAffine:
+whole batches with the layer the model uses (transferlab.models.layers.RandomAffine:
 ImageDataGenerator's matrix, one resampling per image). Also measured, for
 reference: transferlab's previous augmentation (RandomRotation,
 RandomTranslation, RandomShear, RandomZoom, RandomFlip: four resamplings)
@@ -30,7 +30,7 @@ def write_jpegs(root: Path, n: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from transferlab import synthetic
+    from transferlab.data import synthetic
 
     src = synthetic.generate(root / "png", 2, max(3, n // 2), 128, 0)
     out = root / "jpeg"
@@ -69,7 +69,7 @@ def main():
     import tensorflow as tf
 
     from transferlab import data
-    from transferlab.augment import augmentation
+    from transferlab.models.layers import augmentation
 
     print("machine:", machine())
     root = Path(tempfile.mkdtemp(prefix="pipe_"))

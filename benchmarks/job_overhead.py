@@ -56,7 +56,7 @@ def worker(src: str, case: str, root: str) -> None:
     import mlflow
     from hydra import compose, initialize_config_dir
 
-    from transferlab import job
+    from transferlab.runner import job
     from transferlab.config import register
 
     register()
@@ -65,7 +65,7 @@ def worker(src: str, case: str, root: str) -> None:
         with initialize_config_dir(f"{src}/conf", version_base="1.3"):
             return compose("config", overrides=[
                 f"root_dir={root}", f"backbone={name}", "backbone.weights=null", f"image_size={px}",
-                f"freeze={freeze}", "trainer.epochs=1", "trainer.batch_size=8", "trainer.verbose=0",
+                f"freeze={freeze}", "trainer.epochs=1", "trainer.batch_size=8", "runtime.verbose=0",
                 "tracking.skip_finished=false", "dataset.images_per_class=10",
                 f"dataset.source_size={px}"])
 

@@ -29,8 +29,8 @@ def worker(steps: int) -> None:
 
     from _common import compose
 
-    from transferlab.model import build_model
-    from transferlab.train import prebuild
+    from transferlab.models.build import build_model
+    from transferlab.engine.train import prebuild
 
     cfg = compose(["backbone=mobilenetv2", "backbone.weights=null", "image_size=96", "freeze=last4"], "/tmp")
     model, _, _ = build_model(cfg, 2)
@@ -72,7 +72,7 @@ def main():
         return
     from omegaconf import OmegaConf
 
-    from transferlab.isolate import _cores, thread_share
+    from transferlab.runner.isolate import _cores, thread_share
 
     print("machine:", machine())
     cores = _cores()

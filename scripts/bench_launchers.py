@@ -42,7 +42,7 @@ def run_sweep(launcher: str, isolate: str, env: dict[str, str]) -> tuple[float, 
 
     with tempfile.TemporaryDirectory(prefix="tlbench") as tmp:
         cmd = [sys.executable, str(ROOT / "run.py"), "-m", *TINY, *SWEEP, f"root_dir={tmp}",
-               f"hydra.sweep.dir={tmp}/multirun", f"trainer.isolate={isolate}",
+               f"hydra.sweep.dir={tmp}/multirun", f"runtime.isolate={isolate}",
                *LAUNCHER_ARGS[launcher]]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900,
@@ -66,7 +66,7 @@ def run_sweep(launcher: str, isolate: str, env: dict[str, str]) -> tuple[float, 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--launchers", default="basic,joblib,ray")
-    ap.add_argument("--isolate", default="auto", help="comma-separated trainer.isolate values")
+    ap.add_argument("--isolate", default="auto", help="comma-separated runtime.isolate values")
     ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args()
     launchers = a.launchers.split(",")

@@ -21,7 +21,7 @@ TINY = [
     "image_size=32",
     "trainer.epochs=1",
     "trainer.batch_size=8",
-    "trainer.verbose=0",
+    "runtime.verbose=0",
     "dataset.images_per_class=10",
     "dataset.source_size=32",
 ]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from transferlab.augment import RandomAffine, affine_matrix, augmentation
+from transferlab.models.layers import RandomAffine, affine_matrix, augmentation
 
 
 def _image(size=32, seed=0):

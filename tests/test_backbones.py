@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from transferlab import backbones
-from transferlab.backbones import BACKBONES, WeightsUnavailable
+from transferlab.models import registry, weights
+from transferlab.models.registry import BACKBONES, WeightsUnavailable
 
 LECTURE_TABLE = ["xception", "vgg16", "vgg19", "resnet50", "resnet50v2", "resnet101",
                  "resnet101v2", "resnet152", "resnet152v2", "inceptionv3", "inceptionresnetv2",
@@ -40,10 +40,10 @@ def test_the_lecture_table_and_the_newer_families_are_there():
 def _build_and_check(name):
     s = BACKBONES[name]
     size = max(s.min_size, 32)
-    base = backbones.build(name, size, weights=None)
+    base = weights.build(name, size, weights=None)
     assert len(base.layers) == s.num_layers, name
     x = np.full((1, size, size, 3), 127.0, "float32")
-    y = base(backbones.preprocess_fn(name)(x), training=False)
+    y = base(registry.preprocess_fn(name)(x), training=False)
     assert y.shape[0] == 1 and y.shape[-1] > 0
     keras.backend.clear_session()
 
@@ -63,24 +63,24 @@ def test_large_entries_build():
 def test_min_size_matches_keras(name, below):
     assert BACKBONES[name].min_size == below + 1
     with pytest.raises(ValueError):
-        backbones.build(name, below, weights=None)
+        weights.build(name, below, weights=None)
 
 
 def test_preprocess_is_the_backbones_own():
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    vgg = np.asarray(backbones.preprocess_fn("vgg19")(x.copy()))
+    vgg = np.asarray(registry.preprocess_fn("vgg19")(x.copy()))
     # caffe mode: RGB->BGR and ImageNet mean subtraction, no scaling
     np.testing.assert_allclose(vgg[..., 0], x[..., 2] - 103.939, rtol=1e-5)
-    mnv2 = np.asarray(backbones.preprocess_fn("mobilenetv2")(x.copy()))
+    mnv2 = np.asarray(registry.preprocess_fn("mobilenetv2")(x.copy()))
     np.testing.assert_allclose(mnv2, x / 127.5 - 1, rtol=1e-5)  # tf mode: [-1, 1]
     # EfficientNet rescales inside the model: its preprocess_input is the identity
-    np.testing.assert_array_equal(np.asarray(backbones.preprocess_fn("efficientnetb0")(x)), x)
+    np.testing.assert_array_equal(np.asarray(registry.preprocess_fn("efficientnetb0")(x)), x)
 
 
 def test_missing_download_ends_in_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     try:
-        backbones.build("mobilenetv3small", 32, weights="imagenet")
+        weights.build("mobilenetv3small", 32, weights="imagenet")
     except WeightsUnavailable as e:
         msg = str(e)
         assert "backbone.weights=null" in msg and str(tmp_path) in msg
@@ -90,9 +90,9 @@ def test_missing_download_ends_in_a_clear_error(tmp_path, monkeypatch):
 
 def test_local_weights_file_is_loaded(tmp_path):
     """backbone.weights=<file>: the weights a test wrote come back."""
-    src = backbones.build("mobilenetv3small", 32, weights=None)
+    src = weights.build("mobilenetv3small", 32, weights=None)
     path = str(tmp_path / "mnv3s.weights.h5")
     src.save_weights(path)
-    again = backbones.build("mobilenetv3small", 32, weights=path)
+    again = weights.build("mobilenetv3small", 32, weights=path)
     for a, b in zip(src.weights, again.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -7,9 +7,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from transferlab.backbones import BACKBONES
+from transferlab.models.registry import BACKBONES
 from transferlab.config import ConfigError
-from transferlab.validate import validate
+from transferlab.runner.validate import validate
 
 GROUPS = ["backbone", "freeze", "dataset", "optimizer", "augment", "head", "trainer", "tracking"]
 PARAMETERISED = {"last_n": ["freeze.n=3"], "last_blocks": ["freeze.n=1"],

@@ -37,7 +37,7 @@ WRAP = ("import sys, runpy\nsys.argv = ['run.py'] + sys.argv[1:]\n"
         "try:\n    runpy.run_path('run.py', run_name='__main__')\n"
         "finally:\n    print('TF_LOADED', 'tensorflow' in sys.modules, flush=True)\n")
 BASE = ["backbone=mobilenetv3small", "backbone.weights=null", "image_size=32",
-        "trainer.epochs=1", "trainer.verbose=0", "dataset.images_per_class=10",
+        "trainer.epochs=1", "runtime.verbose=0", "dataset.images_per_class=10",
         "dataset.source_size=32"]
 
 @dataclass

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from transferlab import data, featcache, job
+from transferlab import data
+from transferlab.engine import featcache
+from transferlab.runner import job
 from transferlab.config import ConfigError
-from transferlab.validate import validate
-from transferlab.model import build_model
+from transferlab.runner.validate import validate
+from transferlab.models.build import build_model
 
 EPOCHS = ["trainer.epochs=3", "tracking.skip_finished=false"]
 
@@ -39,14 +41,19 @@ def _same(a, b):
         np.testing.assert_allclose(ha[k], hb[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def FEATURES(tmp_path):
+    """The runner's default cache folder for a root of tmp_path."""
+    return tmp_path / "mlruns" / "feature_cache"
+
+
 def _entries(tmp_path):
-    return sorted(p for p in (tmp_path / "mlruns" / "feature_cache").iterdir() if p.is_dir())
+    return sorted(p for p in FEATURES(tmp_path).iterdir() if p.is_dir())
 
 
 def test_cached_features_give_the_same_result(compose, tmp_path):
-    off = _run(compose, tmp_path, "trainer.feature_cache=off")
-    on = _run(compose, tmp_path, "trainer.feature_cache=on")
-    assert off[1]["feature_cache"] == "off: trainer.feature_cache=off"
+    off = _run(compose, tmp_path, "runtime.feature_cache=off")
+    on = _run(compose, tmp_path, "runtime.feature_cache=on")
+    assert off[1]["feature_cache"] == "off: runtime.feature_cache=off"
     assert on[1]["feature_cache"].startswith("on: cut at the base's output")
     assert "built in" in on[1]["feature_cache"]
     _same(off, on)
@@ -58,7 +65,7 @@ def test_auto_refuses_with_augmentation_and_says_why(compose, tmp_path):
     assert tags["feature_cache"].startswith("off: augmentation (augment=flip) runs before the frozen")
     assert not (tmp_path / "mlruns" / "feature_cache").exists()
     with pytest.raises(ConfigError, match="feature_cache=on cannot be used with augment=flip"):
-        validate(compose([*TINY, "augment=flip", "trainer.feature_cache=on"]))
+        validate(compose([*TINY, "augment=flip", "runtime.feature_cache=on"]))
 
 
 def test_second_job_reuses_the_cache(compose, tmp_path, monkeypatch, capsys):
@@ -76,10 +83,10 @@ def test_second_job_reuses_the_cache(compose, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("damage", ["flip_bytes", "truncate", "stale_meta"])
 def test_a_corrupt_or_stale_cache_is_detected_and_rebuilt(compose, tmp_path, damage):
     cfg = compose([*TINY])
-    splits = data.load(data.scan(job.dataset_path(cfg)), 32, 8, cfg.seed)
+    splits = data.load(data.scan(data.dataset_path(cfg)), 32, 8, cfg.seed)
     model, base, _ = build_model(cfg, 2)
     decision = featcache.decide(model, base, cfg, splits)
-    assert "built in" in featcache.prepare(decision, model, cfg, splits).note
+    assert "built in" in featcache.prepare(decision, model, cfg, splits, FEATURES(tmp_path)).note
     (entry,) = _entries(tmp_path)
     f = entry / "features.npy"
     good = np.load(f)
@@ -93,16 +100,16 @@ def test_a_corrupt_or_stale_cache_is_detected_and_rebuilt(compose, tmp_path, dam
         meta = json.loads((entry / "meta.json").read_text())
         meta["material"]["weights_sha256"] = "0" * 64
         (entry / "meta.json").write_text(json.dumps(meta))
-    note = featcache.prepare(decision, model, cfg, splits).note
+    note = featcache.prepare(decision, model, cfg, splits, FEATURES(tmp_path)).note
     why = "stale" if damage == "stale_meta" else "corrupt"
     assert f"was {why}" in note and "rebuilt" in note, note
     np.testing.assert_array_equal(np.load(f), good)  # rebuilt, not the damaged values
-    assert "reused" in featcache.prepare(decision, model, cfg, splits).note
+    assert "reused" in featcache.prepare(decision, model, cfg, splits, FEATURES(tmp_path)).note
 
 
 def test_vgg_last4_cuts_before_the_trainable_layers_with_the_same_result(compose, tmp_path):
     args = ("backbone=vgg16", "freeze=last4")
-    off = _run(compose, tmp_path, *args, "trainer.feature_cache=off")
+    off = _run(compose, tmp_path, *args, "runtime.feature_cache=off")
     on = _run(compose, tmp_path, *args)
     assert on[1]["feature_cache"].startswith("on: cut before 'block5_conv1', the first trainable layer")
     _same(off, on)
@@ -117,7 +124,7 @@ def test_no_single_cut_inside_a_residual_block_is_refused_and_logged(compose, tm
     assert "residual" in tags["feature_cache"]
     assert "feature cache: off: no single cut before 'expanded_conv_10_project'" in capsys.readouterr().out
     with pytest.raises(featcache.FeatureCacheError, match="no single cut"):
-        job.run(compose([*TINY, "freeze=last_n", "freeze.n=6", "trainer.feature_cache=on",
+        job.run(compose([*TINY, "freeze=last_n", "freeze.n=6", "runtime.feature_cache=on",
                          "tracking.skip_finished=false"]))
 
 
@@ -128,7 +135,7 @@ def test_no_single_cut_inside_a_residual_block_is_refused_and_logged(compose, tm
 def test_resnet_cuts_only_at_block_boundaries(compose, freeze, use, where):
     cfg = compose(["backbone=resnet50", "backbone.weights=null", "image_size=32", *freeze,
                    "dataset.images_per_class=4", "dataset.source_size=32"])
-    splits = data.load(data.scan(job.dataset_path(cfg)), 32, 8, cfg.seed)
+    splits = data.load(data.scan(data.dataset_path(cfg)), 32, 8, cfg.seed)
     model, base, _ = build_model(cfg, 2)
     d = featcache.decide(model, base, cfg, splits)
     assert d.use is use and d.reason.startswith(where), d.reason

@@ -2,7 +2,7 @@
 
 import pytest
 
-from transferlab.freeze import FreezeError, plan
+from transferlab.models.freeze import FreezeError, plan
 
 VGG19_LAYERS = (["input_layer"]
                 + [f"block{b}_{k}" for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
@@ -51,7 +51,7 @@ def test_too_many_blocks_names_the_count():
     (["freeze=none"], 20_049_473),
 ])
 def test_vgg19_trainable_counts_are_exact(compose, overrides, trainable):
-    from transferlab.model import build_model, param_counts
+    from transferlab.models.build import build_model, param_counts
 
     cfg = compose(["backbone=vgg19", "backbone.weights=null", *overrides])
     model, base, _ = build_model(cfg, num_classes=2)
@@ -64,7 +64,7 @@ def test_vgg19_trainable_counts_are_exact(compose, overrides, trainable):
 def test_batchnorm_policy_on_resnet50(compose):
     import keras
 
-    from transferlab.model import build_model
+    from transferlab.models.build import build_model
 
     for bn, expect in (("frozen", False), ("trainable", True)):
         cfg = compose(["backbone=resnet50", "backbone.weights=null", "image_size=32",

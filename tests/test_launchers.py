@@ -96,7 +96,7 @@ def test_launcher_configs_compose(tmp_path, launcher, target, keys):
         r = OmegaConf.to_container(la.ray, resolve=True)
         assert r["init"]["object_store_memory"] is None  # ray.init refuses it for a running cluster
         assert {"num_cpus", "num_gpus", "memory"} <= set(r["remote"])
-        assert r["remote"]["max_calls"] == cfg.trainer.jobs_per_process
+        assert r["remote"]["max_calls"] == cfg.runtime.jobs_per_process
 
 
 # -- Ray ----------------------------------------------------------------------

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from conftest import TINY
-from transferlab import data, imagecheck
+from transferlab import data
+from transferlab.data import imagecheck
 from transferlab.data import SPLITS, DataError
 
 SIZE = 32
@@ -219,7 +220,7 @@ def messy_job(compose, messy, tmp_path):
     if not _JOB:
         import mlflow
 
-        from transferlab import job
+        from transferlab.runner import job
 
         cfg = compose([*TINY, "dataset=folder", f"dataset.path={messy}", f"image_size={SIZE}"])
         _JOB["out"] = job.run(cfg)

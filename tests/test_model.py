@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from transferlab.model import build_model, calibrate_batchnorm
+from transferlab.models.build import build_model, calibrate_batchnorm
 
 
 def _bn_stats(base):
@@ -33,7 +33,7 @@ def test_fine_tuning_keeps_batchnorm_statistics(compose):
 def test_calibration_gives_a_random_base_usable_features(compose):
     cfg = compose(["backbone=mobilenetv3small", "backbone.weights=null", "image_size=32"])
     _, base, _ = build_model(cfg, num_classes=2)
-    from transferlab.backbones import preprocess_fn
+    from transferlab.models.registry import preprocess_fn
 
     x = np.random.default_rng(1).uniform(0, 255, (32, 32, 32, 3)).astype("float32")
     feats = lambda: np.asarray(base(preprocess_fn("mobilenetv3small")(x), training=False))  # noqa: E731

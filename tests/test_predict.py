@@ -67,7 +67,7 @@ def test_predict_errors(source, capsys):
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     """One ordinary image file (a synthetic ring, 64 px JPEG)."""
-    from transferlab import synthetic
+    from transferlab.data import synthetic
 
     out = synthetic.generate(tmp_path_factory.mktemp("img"), classes=["ring", "square"],
                              images_per_class=3, size=64, fmt="jpg")

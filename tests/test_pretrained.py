@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY
-from transferlab import backbones, basecopy, job, pretrained, synthetic
+from transferlab import data
+from transferlab.data import synthetic
+from transferlab.models import basecopy, pretrained, registry, weights
+from transferlab.runner import job, tracking
 from transferlab.config import ConfigError
-from transferlab.validate import validate
-from transferlab.model import build_model
+from transferlab.runner.validate import validate
+from transferlab.models.build import build_model
 
 _SOURCE: dict = {}
 SOURCE_EXP = "pretrain_src"
@@ -31,7 +34,7 @@ def train_source(tmp_path_factory, compose) -> dict:
         out = job.run(cfg)
         uri = f"sqlite:///{root}/mlruns/mlflow.db"
         _SOURCE.update(root=root, uri=uri, run_id=out["run_id"], cfg=cfg,
-                       data=job.dataset_path(cfg))
+                       data=data.dataset_path(cfg))
     return _SOURCE
 
 
@@ -58,19 +61,19 @@ def test_weights_from_a_run_round_trip(source, compose):
     cfg = compose([*TINY, "freeze=all", f"backbone.weights=run:{source['run_id']}", "seed=7"],
                   root=source["root"])
     validate(cfg)
-    _, base, _ = build_model(cfg, 2)
+    _, base, _ = build_model(cfg, 2, tracking.tracking_uri(cfg))
     assert base.name == src_base.name == "MobileNetV3Small"
-    fresh = backbones.build("mobilenetv3small", 32, None)
+    fresh = weights.build("mobilenetv3small", 32, None)
     differs = 0
     for a, b, f in zip(src_base.weights, base.weights, fresh.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
         differs += not np.array_equal(a.numpy(), f.numpy())
     assert differs > 10  # the source base is not just another random init
-    x = backbones.preprocess_fn("mobilenetv3small")(_images(source))
+    x = registry.preprocess_fn("mobilenetv3small")(_images(source))
     np.testing.assert_allclose(np.asarray(src_base(x, training=False)),
                                np.asarray(base(x, training=False)), rtol=1e-5, atol=1e-5)
     # conv weights do not depend on the input size: the same run at 48 px
-    big = backbones.build("mobilenetv3small", 48, f"run:{source['run_id']}", source["uri"])
+    big = weights.build("mobilenetv3small", 48, f"run:{source['run_id']}", source["uri"])
     assert big.input_shape == (None, 48, 48, 3)
     for a, b in zip(src_base.weights, big.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -116,7 +119,7 @@ def test_run_errors_are_clear(source, compose):
         cfg = compose([*TINY, "backbone=mobilenetv2", f"backbone.weights={spec}"], root=source["root"])
         validate(cfg)  # syntax only: no MLflow, no TF
         with pytest.raises(pretrained.PretrainedError, match=r"mobilenetv3small.*backbone=mobilenetv3small"):
-            build_model(cfg, 2)
+            build_model(cfg, 2, tracking.tracking_uri(cfg))
 
 
 def test_keras_and_weights_files(tmp_path, source):
@@ -124,7 +127,7 @@ def test_keras_and_weights_files(tmp_path, source):
     src_base = _source_base(source)
     _, loc = pretrained.resolve(f"run:{source['run_id']}", source["uri"])
     pretrained.load_logged_model(source["uri"], loc).save(tmp_path / "clf.keras")
-    base = backbones.build("mobilenetv3small", 32, str(tmp_path / "clf.keras"))
+    base = weights.build("mobilenetv3small", 32, str(tmp_path / "clf.keras"))
     for a, b in zip(src_base.weights, base.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # a plain application of another backbone, as .keras and as .weights.h5
@@ -133,9 +136,9 @@ def test_keras_and_weights_files(tmp_path, source):
     v2.save_weights(tmp_path / "v2.weights.h5")
     with pytest.raises(pretrained.PretrainedError, match=r"v2.keras holds a mobilenetv2 backbone, not "
                                                          r"mobilenetv3small.*backbone=mobilenetv2"):
-        backbones.build("mobilenetv3small", 32, str(tmp_path / "v2.keras"))
+        weights.build("mobilenetv3small", 32, str(tmp_path / "v2.keras"))
     with pytest.raises(pretrained.PretrainedError) as e:
-        backbones.build("mobilenetv3small", 32, str(tmp_path / "v2.weights.h5"))
+        weights.build("mobilenetv3small", 32, str(tmp_path / "v2.weights.h5"))
     msg = str(e.value)
     assert "v2.weights.h5" in msg and "does not fit mobilenetv3small" in msg
     assert "Fix: a file saved from keras.applications.MobileNetV3Small(include_top=False" in msg
@@ -149,7 +152,7 @@ def test_validate_checks_run_syntax_without_tensorflow(compose):
         validate(compose(["backbone.weights=/no/such.weights.h5"]))
     code = ("import sys; sys.path.insert(0, 'tests'); from conftest import ROOT\n"
             "from hydra import compose, initialize_config_dir\n"
-            "from transferlab.validate import validate\n"
+            "from transferlab.runner.validate import validate\n"
             "with initialize_config_dir(str(ROOT / 'conf'), version_base='1.3'):\n"
             "    validate(compose('config', overrides=['backbone.weights=run:latest:x']))\n"
             "    validate(compose('config', overrides=['backbone.weights=run:0a1b2c']))\n"
@@ -170,8 +173,8 @@ def test_synthetic_class_selection(tmp_path, compose):
         synthetic.generate(tmp_path / "x", classes=["ring", "hexagon"])
     cfg = compose(["dataset.classes=[stripes_h,ring]", "dataset.images_per_class=4",
                    "dataset.source_size=16"])
-    assert job.dataset_path(cfg).name == "ring-stripes_h_n4_px16_seed0"
-    assert job.dataset_path(compose(["dataset.images_per_class=4", "dataset.source_size=16"])).name \
+    assert data.dataset_path(cfg).name == "ring-stripes_h_n4_px16_seed0"
+    assert data.dataset_path(compose(["dataset.images_per_class=4", "dataset.source_size=16"])).name \
         == "c2_n4_px16_seed0"
     with pytest.raises(ConfigError, match=r"dataset.classes.*\['ring', 'ring'\].*Fix"):
-        job.dataset_path(compose(["dataset.classes=[ring,ring]"]))
+        data.dataset_path(compose(["dataset.classes=[ring,ring]"]))

@@ -276,7 +276,7 @@ def test_log_report_artifacts(store, sweep_report):
 def _rec(i, backbone, freeze, lr, seed, acc, status="FINISHED", **extra):
     params = {"backbone.name": backbone, "freeze.strategy": freeze, "lr": lr, "seed": str(seed),
               "image_size": {"vgg19": "64", "resnet50": "96"}[backbone], "head.pooling": "gap",
-              "root_dir": f"/home/u/sweep{i % 3}", "trainer.verbose": str(i % 2), **extra}
+              "root_dir": f"/home/u/sweep{i % 3}", "runtime.verbose": str(i % 2), **extra}
     metrics = {"test_acc": acc} if acc is not None else {}
     return RunRecord(f"r{i:03d}", "0", f"run{i}", status, None, i, params,
                      {"backbone": backbone, "freeze": freeze}, metrics)
@@ -293,7 +293,7 @@ def test_swept_lr_gives_one_matrix_per_value():
     t = build_table(recs)
     assert t.facet_keys == ["lr"]                       # image_size follows the backbone
     assert t.constant == {"head.pooling": "gap"}
-    assert "root_dir" not in t.swept and "trainer.verbose" not in t.swept  # no effect on results
+    assert "root_dir" not in t.swept and "runtime.verbose" not in t.swept  # no effect on results
     assert [m.facet for m in t.matrices] == [{"lr": "1e-05"}, {"lr": "0.0001"}]
     assert all(c.n == 2 for m in t.matrices for c in m.cells.values())
     assert len(t.configs) == 8 and all(len(c.runs) == 2 for c in t.configs)

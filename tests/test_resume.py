@@ -16,7 +16,7 @@ from test_sweep_e2e import PER_EPOCH, runs_of
 # (~1-2 s) for the kill to land inside epoch 2 of job 2. On cached features an
 # epoch takes ~0.1 s and the sweep could finish between two polls.
 ARGS = [*TINY, "seed=1,2,3,4", "trainer.epochs=3", "trainer.steps_per_epoch=25",
-        "trainer.feature_cache=off"]
+        "runtime.feature_cache=off"]
 
 
 def _cmd(tmp_path):

@@ -8,38 +8,38 @@ from omegaconf import OmegaConf
 
 from conftest import TINY
 from test_sweep_e2e import runs_of, sweep
-from transferlab import isolate, job
+from transferlab.runner import isolate, job
 from transferlab.config import ConfigError
-from transferlab.validate import validate
-from transferlab.model import build_model, speed_switches
-from transferlab.train import prebuild
+from transferlab.runner.validate import validate
+from transferlab.models.build import build_model, speed_switches
+from transferlab.engine.train import prebuild
 
 GPU = bool(tf.config.list_physical_devices("GPU"))
 
 
 @pytest.mark.skipif(GPU, reason="a GPU is present: the switches apply instead of skipping")
 def test_precision_and_jit_switches_are_skipped_on_cpu_with_the_reason(compose, tmp_path):
-    out = job.run(compose([*TINY, "trainer.precision=mixed_float16", "trainer.jit_compile=true"]))
+    out = job.run(compose([*TINY, "runtime.precision=mixed_float16", "runtime.jit_compile=true"]))
     r = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(out["run_id"])
     assert r.info.status == "FINISHED"
-    assert r.data.tags["precision"].startswith("float32 (trainer.precision=mixed_float16 skipped: no GPU")
-    assert r.data.tags["jit_compile"].startswith("off (trainer.jit_compile=true skipped: no GPU")
+    assert r.data.tags["precision"].startswith("float32 (runtime.precision=mixed_float16 skipped: no GPU")
+    assert r.data.tags["jit_compile"].startswith("off (runtime.jit_compile=true skipped: no GPU")
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_switch_values(compose):
     sw = speed_switches(compose([*TINY]))
     assert (sw.policy, sw.jit) == ("float32", "auto")  # defaults: Keras' own choice
-    sw = speed_switches(compose([*TINY, "trainer.jit_compile=false"]))
+    sw = speed_switches(compose([*TINY, "runtime.jit_compile=false"]))
     assert sw.jit is False and sw.tags["jit_compile"] == "off"
-    sw = speed_switches(compose([*TINY, "trainer.precision=mixed_bfloat16"]))
+    sw = speed_switches(compose([*TINY, "runtime.precision=mixed_bfloat16"]))
     assert sw.policy == ("mixed_bfloat16" if GPU else "float32")
-    with pytest.raises(ConfigError, match="trainer.precision"):
-        validate(compose([*TINY, "trainer.precision=float16"]))
-    with pytest.raises(ConfigError, match="trainer.feature_cache"):
-        validate(compose([*TINY, "trainer.feature_cache=yes"]))
-    with pytest.raises(ConfigError, match="trainer.threads"):
-        validate(compose([*TINY, "trainer.threads=0"]))
+    with pytest.raises(ConfigError, match="runtime.precision"):
+        validate(compose([*TINY, "runtime.precision=float16"]))
+    with pytest.raises(ConfigError, match="runtime.feature_cache"):
+        validate(compose([*TINY, "runtime.feature_cache=yes"]))
+    with pytest.raises(ConfigError, match="runtime.threads"):
+        validate(compose([*TINY, "runtime.threads=0"]))
 
 
 def test_train_step_is_traced_once(compose):
@@ -60,7 +60,7 @@ def test_train_step_is_traced_once(compose):
     (None, 2, 2, (1, 1, "2 cores shared by 2 parallel jobs")),
     (None, 2, 16, (8, 2, "16 cores shared by 2 parallel jobs")),
     (None, 4, 2, (1, 1, "2 cores shared by 4 parallel jobs")),
-    (3, 2, 2, (3, 2, "trainer.threads=3")),
+    (3, 2, 2, (3, 2, "runtime.threads=3")),
 ])
 def test_thread_share(threads, parallel, cores, expected):
     cfg = OmegaConf.create({"trainer": {"threads": threads}})

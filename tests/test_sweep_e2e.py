@@ -106,7 +106,7 @@ def test_memory_stays_bounded_over_a_six_job_sweep(tmp_path):
     (1161 -> 1587 MB over 8 jobs) despite clear_session(). Stated bound here:
     no job's process exceeds the lightest job's RSS by more than 200 MB.
     """
-    p, c = sweep(tmp_path, "seed=1,2,3,4,5,6", "freeze=all", "trainer.jobs_per_process=2")
+    p, c = sweep(tmp_path, "seed=1,2,3,4,5,6", "freeze=all", "runtime.jobs_per_process=2")
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     _, children = runs_of(c)
     assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)

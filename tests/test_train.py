@@ -2,16 +2,20 @@
 
 import math
 
+import keras
+
 import mlflow
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY
-from transferlab import artifacts, data, job
-from transferlab.model import build_model
-from transferlab.backup import EpochBackup
-from transferlab.train import fit, lr_at
+from transferlab import data
+from transferlab.engine import evaluate
+from transferlab.runner import job
+from transferlab.models.build import build_model
+from transferlab.engine.backup import EpochBackup
+from transferlab.engine.train import fit, lr_at
 
 
 def _xy(n=16, size=32, seed=0):
@@ -104,15 +108,14 @@ def test_early_stopping_restores_the_best_epoch(compose, tmp_path):
     """Validation = test images here, so the restored model's test loss must be the best val_loss."""
     cfg = compose([*TINY, "trainer.epochs=8", "freeze=none", "lr=0.05", "optimizer=sgd",
                    "trainer.early_stopping.patience=1"])
-    info = data.scan(job.dataset_path(cfg))
+    info = data.scan(data.dataset_path(cfg))
     splits = data.load(info, 32, 8, cfg.seed)
     splits.validation = splits.test
     model, base, _ = build_model(cfg, 2)
-    c = _store(tmp_path)
-    exp = c.create_experiment("es")
-    run_id = c.create_run(exp).info.run_id
-    res = fit(model, base, cfg, splits, c, run_id, tmp_path / "backup", None)
-    val = {h.step: h.value for h in c.get_metric_history(run_id, "val_loss")}
+    val = {}  # the engine is plain Keras: any callback sees each epoch's logs
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: val.update({e: logs["val_loss"]}))
+    res = fit(model, base, cfg, splits, block_regex=None, backup_dir=tmp_path / "backup",
+              feature_dir=tmp_path / "features", callbacks=lambda phase: [record])
     best = min(val, key=val.get)
     assert res.best_epoch == best
     last = max(val)
@@ -126,11 +129,11 @@ def test_early_stopping_restores_the_best_epoch(compose, tmp_path):
 def test_test_scores_from_one_predict_match_keras_evaluate(compose, classes):
     """job.py scores the test split from its predictions: the same loss and accuracy as evaluate."""
     cfg = compose([*TINY, f"dataset.num_classes={classes}", "dataset.images_per_class=12"])
-    splits = data.load(data.scan(job.dataset_path(cfg)), 32, 8, cfg.seed)
+    splits = data.load(data.scan(data.dataset_path(cfg)), 32, 8, cfg.seed)
     model, _, _ = build_model(cfg, classes)
     model.fit(splits.train, epochs=1, verbose=0, shuffle=False)  # away from the initial, near-uniform outputs
     loss, acc = model.evaluate(splits.test, verbose=0)
-    scores = artifacts.test_scores(model, splits)
+    scores = evaluate.test_scores(model, splits)
     assert scores.loss == pytest.approx(loss, rel=1e-5)
     assert scores.acc == pytest.approx(acc, abs=1e-6)
     assert scores.probs.shape == (len(splits.test_paths), classes)
@@ -138,7 +141,7 @@ def test_test_scores_from_one_predict_match_keras_evaluate(compose, classes):
 
 
 def test_mirrored_strategy_runs_on_the_cpu(compose, tmp_path):
-    out = job.run(compose([*TINY, "trainer.strategy=mirrored", "freeze=last4"]))
+    out = job.run(compose([*TINY, "runtime.strategy=mirrored", "freeze=last4"]))
     r = _store(tmp_path).get_run(out["run_id"])
     assert r.info.status == "FINISHED"
     assert r.data.tags["strategy"].startswith("MirroredStrategy (1 replicas)")

@@ -1,5 +1,7 @@
-"""The ``transferlab`` command line: ``transferlab report ...`` and ``transferlab predict ...``.
+"""The ``transferlab`` command line: ``run``, ``report`` and ``predict``.
 
+``transferlab run [-m] key=value ...`` is ``python run.py [-m] key=value ...``
+(every Hydra flag included), for an installed package with no checkout.
 Kept free of TensorFlow imports: each subcommand imports what it needs when it runs.
 """
 
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="transferlab",
         description="transferlab: compare pretrained Keras backbones x freezing strategies.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("run", help="train one job or, with -m, a sweep (Hydra: transferlab run --help)",
+                   add_help=False)
     _add_report(sub)
     _add_predict(sub)
     return parser
@@ -122,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``transferlab`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # Hydra parses the rest itself: -m, -c job, -sc install=bash, ...
+        from transferlab.app import main as hydra_app
+
+        hydra_app(argv[1:], prog="transferlab run")
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.func(args, parser)

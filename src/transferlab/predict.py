@@ -69,8 +69,8 @@ def load_image(path, size: int) -> np.ndarray:
     """
     from PIL import Image
 
-    from transferlab import imagecheck
-    from transferlab.data import _decode
+    from transferlab.data import imagecheck
+    from transferlab.data.folder import _decode
 
     p = Path(path)
     if not p.is_file():
@@ -104,7 +104,7 @@ def from_run(tracking_uri: str, run: str) -> Predictor:
     """
     import mlflow
 
-    from transferlab import pretrained
+    from transferlab.models import pretrained
 
     spec = pretrained.RUN_PREFIX + run
     try:
@@ -146,7 +146,8 @@ def from_imagenet(backbone: str, weights: str | None = None) -> Predictor:
     """
     import keras
 
-    from transferlab import backbones, basecopy
+    from transferlab.models import basecopy
+    from transferlab.models import registry as backbones
 
     try:
         s = backbones.spec(backbone)

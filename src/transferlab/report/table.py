@@ -14,7 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from transferlab import tracking
+from transferlab.config.schema import NON_RESULT_KEYS
+from transferlab.models.freeze import freeze_label as strategy_label
 from transferlab.report.collect import RunRecord
 from transferlab.report.stats import mean_std
 
@@ -23,7 +24,6 @@ SEED = "seed"
 BASELINE = ("freeze", "all")  # transfer learning: the whole base frozen
 # Params that do not change what a job computes are never treated as swept, so
 # runs of two sweeps differing only in them still compare.
-NON_RESULT_KEYS = tracking.NON_RESULT_KEYS
 RESULT_COLUMNS = ("best_val_acc", "best_val_acc_epoch", "final_val_acc", "test_acc",
                   "test_loss", "params_trainable", "params_total", "train_seconds",
                   "train_images_per_s")
@@ -33,7 +33,7 @@ def freeze_label(params: dict[str, str]) -> str | None:
     """The freeze label (``all``, ``last4``, ``last2blocks``, ``from:x``) from params."""
     if "freeze.strategy" not in params:
         return None
-    return tracking.freeze_label(params["freeze.strategy"], params.get("freeze.n"),
+    return strategy_label(params["freeze.strategy"], params.get("freeze.n"),
                                  params.get("freeze.layer"))
 
 

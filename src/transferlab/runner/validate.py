@@ -1,9 +1,8 @@
-"""The checks that run before TensorFlow is imported.
+"""The checks a job's config passes before TensorFlow is imported.
 
 ``validate`` checks a composed config's values against the tables
 (backbones, strategies, optimizers, ...) so a bad sweep fails in
-milliseconds, not after TensorFlow has spent seconds importing;
-``check_override_keys`` catches a misspelt override before Hydra composes.
+milliseconds, not after TensorFlow has spent seconds importing.
 Every error names the bad value, the allowed ones and the fix.
 """
 
@@ -11,14 +10,13 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from typing import Any
 
 from omegaconf import DictConfig
 
-from transferlab.backbones import BACKBONES, spec
-from transferlab.config import ConfigError, input_size, schema_keys
-from transferlab.freeze import STRATEGIES
+from transferlab.config import ConfigError
+from transferlab.models.freeze import STRATEGIES
+from transferlab.models.registry import BACKBONES, input_size, spec
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd", "adamw")
 POOLINGS = ("flatten", "gap")
@@ -29,33 +27,6 @@ MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ISOLATE = ("auto", "process", "off")
 FEATURE_CACHE = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-
-
-
-def check_override_keys(args: list[str]) -> None:
-    """Rejects a misspelt ``key=value`` override, naming the closest keys.
-
-    Hydra rejects them too, but advises ``+key=value`` (append), which is
-    wrong for a typo and would fail against the schema anyway.
-
-    Raises:
-        ConfigError: naming the key and the closest valid ones.
-    """
-    keys = schema_keys() | {"experiment"}
-    for arg in args:
-        m = re.match(r"([A-Za-z_][\w.]*)=", arg)  # not +key, ~key, hydra/launcher=, -m
-        if not m or m.group(1).split(".")[0] == "hydra" or m.group(1) in keys:
-            continue
-        key = m.group(1)
-        close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
-        group = key.rsplit(".", 1)[0] if "." in key else None
-        siblings = sorted(k for k in keys if group and k.startswith(group + ".") and k.count(".") == 1)
-        raise ConfigError(
-            f"Unknown config key {key!r}."
-            + (f" Did you mean {' or '.join(close)}?" if close else "")
-            + (f" Keys of {group}: {', '.join(siblings)}." if siblings else "")
-            + " (python run.py --cfg job prints the whole config.)"
-        )
 
 
 def _choose(value: Any, allowed, what: str, fix: str) -> None:
@@ -86,10 +57,10 @@ def validate(cfg: DictConfig) -> None:
     _choose(cfg.optimizer.name, OPTIMIZERS, "optimizer", "optimizer=rmsprop.")
     _choose(cfg.head.pooling, POOLINGS, "head", "head=flatten or head=gap.")
     _choose(cfg.dataset.name, DATASETS, "dataset", "dataset=synthetic.")
-    _choose(cfg.trainer.isolate, ISOLATE, "trainer.isolate", "trainer.isolate=auto.")
+    _choose(cfg.runtime.isolate, ISOLATE, "runtime.isolate", "runtime.isolate=auto.")
     _choose(cfg.scheduler.name, SCHEDULERS, "scheduler", "scheduler=constant.")
-    _choose(cfg.trainer.strategy, ("default", "mirrored"), "trainer.strategy",
-            "trainer.strategy=default or trainer.strategy=mirrored.")
+    _choose(cfg.runtime.strategy, ("default", "mirrored"), "runtime.strategy",
+            "runtime.strategy=default or runtime.strategy=mirrored.")
     _choose(cfg.trainer.early_stopping.monitor, MONITORS, "trainer.early_stopping.monitor",
             "trainer.early_stopping.monitor=val_loss.")
     if not cfg.lr > 0:
@@ -110,8 +81,8 @@ def validate(cfg: DictConfig) -> None:
             f"step_size={s.step_size} (>= 1), gamma={s.gamma} (0..1], min_lr_ratio={s.min_lr_ratio} [0..1].")
     if cfg.trainer.epochs < 1:
         raise ConfigError(f"trainer.epochs must be >= 1, got {cfg.trainer.epochs}.")
-    if cfg.trainer.jobs_per_process < 1:
-        raise ConfigError(f"trainer.jobs_per_process must be >= 1, got {cfg.trainer.jobs_per_process}.")
+    if cfg.runtime.jobs_per_process < 1:
+        raise ConfigError(f"runtime.jobs_per_process must be >= 1, got {cfg.runtime.jobs_per_process}.")
     _validate_speed(cfg)
     if cfg.trainer.batch_size < 1:
         raise ConfigError(f"trainer.batch_size must be >= 1, got {cfg.trainer.batch_size}.")
@@ -132,7 +103,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_dataset(cfg)
     w = cfg.backbone.weights
     if w is not None and str(w).startswith("run:"):  # syntax only: the run is looked up at build
-        from transferlab.pretrained import PretrainedError, parse
+        from transferlab.models.pretrained import PretrainedError, parse
 
         try:
             parse(w)
@@ -150,18 +121,18 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_speed(cfg: DictConfig) -> None:
-    t = cfg.trainer
-    _choose(t.feature_cache, FEATURE_CACHE, "trainer.feature_cache", "trainer.feature_cache=auto.")
-    _choose(t.precision, PRECISIONS, "trainer.precision", "trainer.precision=float32.")
+    t = cfg.runtime
+    _choose(t.feature_cache, FEATURE_CACHE, "runtime.feature_cache", "runtime.feature_cache=auto.")
+    _choose(t.precision, PRECISIONS, "runtime.precision", "runtime.precision=float32.")
     if t.threads is not None and t.threads < 1:
-        raise ConfigError(f"trainer.threads must be >= 1 or null (share of the cores), got {t.threads}.")
+        raise ConfigError(f"runtime.threads must be >= 1 or null (share of the cores), got {t.threads}.")
     a = cfg.augment
     if t.feature_cache == "on" and any((a.rotation, a.width_shift, a.height_shift, a.shear, a.zoom,
                                         a.horizontal_flip)):
         raise ConfigError(
-            f"trainer.feature_cache=on cannot be used with augment={a.name}: augmentation runs "
+            f"runtime.feature_cache=on cannot be used with augment={a.name}: augmentation runs "
             "before the frozen layers, so their output differs every epoch and cached features "
-            "would change the result. Fix: augment=none, or trainer.feature_cache=auto "
+            "would change the result. Fix: augment=none, or runtime.feature_cache=auto "
             "(caches only where the result stays the same) or off.")
 
 

@@ -1,8 +1,14 @@
-"""Typed config schema, registered in Hydra's ConfigStore.
+"""Typed config schema, registered in Hydra's ConfigStore: the one source of defaults.
 
 The dataclasses are the base of ``conf/config.yaml``, so a misspelt key or a
-wrong type is rejected by Hydra itself while composing; ``validate.py``
-then checks the values before TensorFlow is imported.
+wrong type is rejected by Hydra itself while composing. Every default value
+lives here; the YAML files under ``conf/`` hold only what an option changes
+(``tests/test_config.py`` fails on a YAML that repeats a default).
+``runner/validate.py`` checks the values before TensorFlow is imported.
+
+``runtime`` holds the settings that cannot change a job's numbers (where to
+run, how many threads, caching, progress output): it is outside the config
+hash by construction, so changing them never re-runs a finished job.
 """
 
 from __future__ import annotations
@@ -16,13 +22,19 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from transferlab.backbones import spec
 
 # conf/hydra/launcher/*.yaml share names with the launcher plugins' own configs,
 # so Hydra validates them against the plugins' schemas (typos are caught) and
 # says so in a deprecation warning on every compose.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema",
                         category=UserWarning)
+
+
+# Keys that cannot change what a job computes stay out of its hash: the runtime
+# group (threads, isolation, caching, verbosity; GPU switches enter as applied
+# values, see runner/job.py), where runs are recorded, and where the data lives
+# (its content enters as a fingerprint instead).
+NON_RESULT_KEYS = ("tracking", "runtime", "root_dir", "data_dir", "name", "dataset.path")
 
 
 class ConfigError(ValueError):
@@ -52,7 +64,7 @@ class DatasetConf:
     path: Optional[str] = None
     # synthetic only: generated images, deterministic from `seed`.
     num_classes: int = 2
-    images_per_class: int = 30
+    images_per_class: int = 40
     source_size: int = 64
     seed: int = 0
     # synthetic only: which shapes, e.g. [ring, stripes_h] (overrides num_classes);
@@ -103,35 +115,43 @@ class EarlyStoppingConf:
 
 @dataclass
 class TrainerConf:
-    epochs: int = 5
+    epochs: int = 10
     batch_size: int = 32
-    steps_per_epoch: Optional[int] = None
-    validation_steps: Optional[int] = None
-    verbose: int = 1
+    steps_per_epoch: Optional[int] = None  # null = the whole training split each epoch
+    validation_steps: Optional[int] = None  # null = the whole validation split
     # Two-phase fine-tuning: `warmup_epochs` epochs of head-only training at
     # `warmup_lr` (base frozen), then `epochs` epochs with the freeze strategy at `lr`.
     warmup_epochs: int = 0
     warmup_lr: float = 1e-3
     early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
-    # "mirrored": tf.distribute.MirroredStrategy over the local GPUs (CPU if none).
-    strategy: str = "default"
+
+
+@dataclass
+class RuntimeConf:
+    """How a job runs, never what it computes: outside the config hash."""
+
+    verbose: int = 1  # Keras progress bars; 2 = one line per epoch, 0 = silent
     # "auto": sweep jobs run in a worker process replaced every
-    # `jobs_per_process` jobs (bounded memory, see isolate.py); single runs
+    # `jobs_per_process` jobs (bounded memory, see runner/isolate.py); single runs
     # in-process. "process": always a worker. "off": always in-process.
     isolate: str = "auto"
     jobs_per_process: int = 8
-    # Frozen-feature caching (featcache.py): "auto" trains on cached outputs of
+    # Frozen-feature caching (engine/featcache.py): "auto" trains on cached outputs of
     # the frozen layers wherever that gives the same result (tag
     # `feature_cache` says whether and why not), "on" fails where it cannot,
     # "off" never caches. null dir: <mlruns>/feature_cache.
     feature_cache: str = "auto"
     feature_cache_dir: Optional[str] = None
-    # GPU switches; skipped on a CPU-only machine (tags `precision`, `jit_compile` say so).
-    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
-    jit_compile: Optional[bool] = None  # null: Keras decides (XLA on GPU, never on CPU)
     # TensorFlow intra-op threads per job; null: the cores divided among the
     # launcher's parallel jobs (hydra/launcher=joblib n_jobs), else TF's default.
     threads: Optional[int] = None
+    # GPU switches; skipped on a CPU-only machine (tags `precision`, `jit_compile`
+    # say so). Where they take effect they change the numbers, and the job's
+    # hash then records the applied values (runner/identity.py).
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: Optional[bool] = None  # null: Keras decides (XLA on GPU, never on CPU)
+    # "mirrored": tf.distribute.MirroredStrategy over the local GPUs (CPU if none).
+    strategy: str = "default"
 
 
 @dataclass
@@ -156,11 +176,13 @@ class Config:
     head: HeadConf = field(default_factory=HeadConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    runtime: RuntimeConf = field(default_factory=RuntimeConf)
     lr: float = 1e-4
     image_size: Optional[int] = None
     seed: int = 42
-    root_dir: str = "."
-    data_dir: str = "data"
+    # mlruns/ and data/ live under root_dir (resolved when the config is composed).
+    root_dir: str = "${oc.env:TRANSFERLAB_ROOT,${cwd:}}"
+    data_dir: str = "${root_dir}/data"
     # Filled by Hydra from experiments/*.yaml; the name ends up as a tag.
     name: Optional[str] = None
 
@@ -185,8 +207,3 @@ def schema_keys() -> set[str]:
 
     walk(Config(), "")
     return keys
-
-
-def input_size(cfg: DictConfig) -> int:
-    """The image side length a job trains at: ``image_size`` or the backbone's own."""
-    return int(cfg.image_size or spec(cfg.backbone.name).default_size)

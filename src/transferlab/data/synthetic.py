@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferlab.data import SPLITS
+from transferlab.data.folder import SPLITS
 
 try:  # POSIX only; elsewhere concurrent generators are not serialised.
     import fcntl

@@ -103,6 +103,12 @@ def plan(layer_names: list[str], strategy: str, n: int | None = None,
     return FreezePlan(start, name, desc)
 
 
+def plan_for(base, freeze_cfg, block_regex: str | None = None) -> FreezePlan:
+    """``plan`` for a built base and a ``FreezeConf`` (strategy, n, layer)."""
+    return plan([l.name for l in base.layers], freeze_cfg.strategy, freeze_cfg.n,
+                freeze_cfg.layer, block_regex)
+
+
 def apply(base, freeze_cfg, block_regex: str | None = None) -> FreezePlan:
     """Marks ``base``'s layers trainable or frozen according to ``freeze_cfg``.
 
@@ -119,8 +125,7 @@ def apply(base, freeze_cfg, block_regex: str | None = None) -> FreezePlan:
     """
     import keras
 
-    p = plan([l.name for l in base.layers], freeze_cfg.strategy, freeze_cfg.n,
-             freeze_cfg.layer, block_regex)
+    p = plan_for(base, freeze_cfg, block_regex)
     if p.first_trainable >= len(base.layers):
         base.trainable = False
         return p
@@ -131,3 +136,14 @@ def apply(base, freeze_cfg, block_regex: str | None = None) -> FreezePlan:
             frozen = True
         l.trainable = not frozen
     return p
+
+
+def freeze_label(strategy: str, n=None, layer=None) -> str:
+    """The name a strategy goes by in tags and reports (``last4`` = last_n n=4)."""
+    if strategy == "last_n":
+        return f"last{n}"
+    if strategy == "last_blocks":
+        return f"last{n}blocks"
+    if strategy == "from_layer":
+        return f"from:{layer}"
+    return strategy

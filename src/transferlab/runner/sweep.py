@@ -8,6 +8,7 @@ every job's config can be checked before TensorFlow is imported.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
@@ -18,8 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferlab import tracking
-from transferlab.validate import validate
+from transferlab.runner import tracking
+from transferlab.runner.validate import validate
 
 
 def _task_config(config: DictConfig) -> DictConfig:
@@ -51,6 +52,10 @@ def job_configs(config: DictConfig) -> list[DictConfig]:
             for batch in batches for job in batch]
 
 
+# The last sweep this process ran: parent run id, tracking URI, report path (api.sweep reads it).
+LAST_SWEEP: dict = {}
+
+
 class SweepCallback(Callback):
     """Opens and closes the sweep's MLflow record and reports on it."""
 
@@ -77,13 +82,14 @@ class SweepCallback(Callback):
         jobs = job_configs(config)
         for cfg in jobs:
             validate(cfg)  # a bad value in any job stops the sweep before TF loads
-        from transferlab.job import dataset_path
-
         # Check folders and generate synthetic data here, once: parallel jobs
         # must not race to write the same files.
-        for path in sorted({str(dataset_path(c)) for c in jobs}):
+        for path in sorted({str(data.dataset_path(c)) for c in jobs}):
             data.scan(path)  # missing split, differing class folders, empty class
-        self.n_jobs = len(jobs)
+        # One config spelt twice (lr=1e-3,0.001) is one job: the twin finds the
+        # first one's run and is skipped, so it is counted once.
+        self.n_jobs = len({json.dumps(tracking.result_params(c) | {"dataset.path": str(data.dataset_path(c))},
+                                      sort_keys=True) for c in jobs})
         cfg = _task_config(config)
         sweep_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.parent_run_id = tracking.start_sweep(cfg, sweep_id, config.hydra.sweep.dir)
@@ -102,7 +108,7 @@ class SweepCallback(Callback):
             os.environ["TRANSFERLAB_ROOT"] = self.root_dir  # else ${cwd:} = the worker's cwd
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from transferlab import isolate
+        from transferlab.runner import isolate
 
         isolate.shutdown()
         cfg = _task_config(config)
@@ -127,7 +133,9 @@ class SweepCallback(Callback):
                   f"[{r.data.tags.get('hydra_overrides', '')}]: {r.data.tags.get('error', '')[:300]}")
         print(f"[transferlab] MLflow store: {uri}")
         print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")
-        self._report(c, uri, Path(config.hydra.sweep.dir) / "report")
+        report = self._report(c, uri, Path(config.hydra.sweep.dir) / "report")
+        LAST_SWEEP.clear()
+        LAST_SWEEP.update(parent_run_id=self.parent_run_id, tracking_uri=uri, report=report)
         for k in (tracking.ENV_PARENT, tracking.ENV_SWEEP, "TRANSFERLAB_ROOT"):
             if k != "TRANSFERLAB_ROOT" or self._root_env is None:
                 os.environ.pop(k, None)
@@ -136,7 +144,7 @@ class SweepCallback(Callback):
         if failed or lost:
             sys.exit(1)
 
-    def _report(self, c, uri: str, out: Path) -> None:
+    def _report(self, c, uri: str, out: Path) -> str | None:
         """The sweep's comparison report: files in the sweep folder, artifacts on the parent."""
         from transferlab.report import log_report_artifacts, write_report
 
@@ -146,8 +154,9 @@ class SweepCallback(Callback):
         except Exception as e:  # the runs are safe in MLflow; `transferlab report` can retry
             print(f"[transferlab] report failed: {type(e).__name__}: {e}. Retry with: "
                   f"transferlab report --tracking-uri {uri} --runs {self.parent_run_id} --out {out}")
-            return
+            return None
         print(f"[transferlab] report: {Path(paths['html']).resolve()}")
+        return str(Path(paths["html"]).resolve())
 
     # -- single run -----------------------------------------------------
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -155,11 +164,10 @@ class SweepCallback(Callback):
         # created; Hydra would turn an exception here into a warning.
         try:
             from transferlab import data
-            from transferlab.job import dataset_path
 
             cfg = _task_config(config)
             validate(cfg)
-            data.scan(dataset_path(cfg))
+            data.scan(data.dataset_path(cfg))
             tracking.ensure_experiment(cfg)
         except Exception as e:
             print(f"[transferlab] error: {e}", file=sys.stderr)

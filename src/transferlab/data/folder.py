@@ -30,13 +30,14 @@ imported inside ``load`` only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transferlab import imagecheck
+from transferlab.data import imagecheck
 
 SPLITS = ("train", "validation", "test")
 _LAYOUT = "expected <dataset>/{train,validation,test}/<class name>/<images>"
@@ -55,6 +56,7 @@ class Entry:
     rel: str
     source: str
     label: int
+    digest: str = ""  # sha1 of the file's bytes
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,19 @@ class DatasetInfo:
     files: dict[str, list[Entry]]
     skipped: list[str]
     converted: list[str]
+
+    def fingerprint(self) -> str:
+        """sha256 over every kept image's split/class path, label and content digest.
+
+        Adding, removing, relabelling (moving between class folders) or editing
+        an image changes it; moving the whole folder elsewhere does not. Part
+        of the config hash, so a finished job is never answered for other data.
+        """
+        h = hashlib.sha256()
+        for split in SPLITS:
+            for e in self.files[split]:
+                h.update(f"{e.rel}\0{e.label}\0{e.digest}\n".encode())
+        return h.hexdigest()[:16]
 
 
 @dataclass
@@ -186,13 +201,13 @@ def scan(path, cache_dir=None) -> DatasetInfo:
     for (split, name), rels in per_class.items():
         kept = []
         for rel in rels:
-            kind, detail, source = found[rel]
+            kind, detail, source, digest = found[rel]
             if kind == imagecheck.SKIP:
                 skipped.append(f"{rel}: {detail}")
                 continue
             if kind == imagecheck.CONVERT:
                 converted.append(f"{rel}: {detail}")
-            kept.append(Entry(rel, source, class_names.index(name)))
+            kept.append(Entry(rel, source, class_names.index(name), digest))
         if not kept:
             bad = [s for s in skipped if s.startswith(f"{split}/{name}/")]
             raise DataError(f"Class folder {path / split / name} has no usable image"

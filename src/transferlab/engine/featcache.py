@@ -3,7 +3,7 @@
 A model here is ``image -> preprocess -> base (inference mode) -> head``. When
 the first layers of the base are frozen and nothing random runs before them
 (no augmentation; the base always runs in inference mode), their output for
-an image never changes during training. ``trainer.feature_cache`` then cuts
+an image never changes during training. ``runtime.feature_cache`` then cuts
 the model there:
 
 - the *prefix* (preprocess + frozen base layers up to the cut) runs once per
@@ -24,7 +24,7 @@ rebuilt. ``splits.train`` is mapped image -> features by a lookup keyed on a
 exactly as without the cache), and an image missing from the cache is an
 error, never a silent mismatch.
 
-On disk (featstore.py; ``trainer.feature_cache_dir``, default ``<mlruns>/feature_cache``),
+On disk (featstore.py; ``runtime.feature_cache_dir``, default ``<mlruns>/feature_cache``),
 one folder per key; the key hashes everything the features depend on:
 backbone, the prefix's weights (a hash of their values, so calibrated random
 bases and local weight files are told apart), input size, cut layer,
@@ -43,12 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab import featstore as store
+from transferlab.engine import featstore as store
 
 MODES = ("auto", "on", "off")
 
 class FeatureCacheError(RuntimeError):
-    """``trainer.feature_cache=on`` where caching would change the result."""
+    """``runtime.feature_cache=on`` where caching would change the result."""
 
 
 @dataclass
@@ -109,11 +109,11 @@ def decide(model, base, cfg, splits) -> Decision:
     only where the result is the same as without it; the reason is returned
     either way.
     """
-    from transferlab.model import InferenceMode, Preprocess
+    from transferlab.models.layers import InferenceMode, Preprocess
 
-    mode = cfg.trainer.get("feature_cache", "off")
+    mode = cfg.runtime.get("feature_cache", "off")
     if mode == "off":
-        return Decision(False, "trainer.feature_cache=off")
+        return Decision(False, "runtime.feature_cache=off")
     names = [layer.name for layer in model.layers]
     if "augment" in names:
         return Decision(False, f"augmentation (augment={cfg.augment.name}) runs before the frozen "
@@ -205,7 +205,7 @@ def head_model(decision: Decision, model):
     """
     import keras
 
-    from transferlab.model import InferenceMode
+    from transferlab.models.layers import InferenceMode
 
     names = [layer.name for layer in model.layers]
     inp = keras.Input(tuple(decision.tensor.shape[1:]), name="features")

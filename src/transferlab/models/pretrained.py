@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 
-from transferlab.backbones import BACKBONES
+from transferlab.models.registry import BACKBONES
 
 RUN_PREFIX = "run:"
 LATEST = "latest:"
@@ -229,7 +229,7 @@ def load_logged_model(uri: str, location: str):
     """Downloads and loads a logged transferlab classifier (``mlflow.keras.load_model``)."""
     import mlflow
 
-    import transferlab.model  # noqa: F401  registers Preprocess, InferenceMode, RandomAffine
+    import transferlab.models.layers  # noqa: F401  registers Preprocess, InferenceMode, RandomAffine
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,16 +14,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from transferlab.config.schema import NON_RESULT_KEYS
+from transferlab.models.freeze import freeze_label
+
 # The launching process puts the sweep's identity here; jobs (same process,
 # or child processes of joblib / submitit) read it back.
 ENV_PARENT = "TRANSFERLAB_PARENT_RUN_ID"
 ENV_SWEEP = "TRANSFERLAB_SWEEP_ID"
-
-# Keys that do not change what a job computes, so they stay out of the hash
-# (re-running with more verbose logs is the same job).
-NON_RESULT_KEYS = ("tracking", "trainer.verbose", "trainer.isolate", "trainer.jobs_per_process",
-                   "root_dir", "data_dir", "name")
-
 
 def tracking_uri(cfg: DictConfig) -> str:
     """``tracking.uri`` or the default SQLite store under ``<root>/mlruns``."""
@@ -128,33 +125,29 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+def result_params(cfg: DictConfig) -> dict[str, str]:
+    """The flattened config less ``NON_RESULT_KEYS``: the settings that determine a result."""
+    return {k: v for k, v in flat_params(cfg).items()
+            if not any(k == e or k.startswith(e + ".") for e in NON_RESULT_KEYS)}
+
+
 def config_hash(cfg: DictConfig, extra: dict | None = None) -> str:
     """A stable hash of everything that determines a job's result.
 
     Args:
         cfg: the job config.
-        extra: values resolved at run time that the config only names (the
-            run behind ``backbone.weights=run:latest:<experiment>``).
+        extra: values resolved at run time that the config only names: the
+            data's fingerprint (``data``), the run behind
+            ``backbone.weights=run:latest:<experiment>`` (``weights_run``), GPU
+            switches where they apply (``applied``).
     """
-    params = flat_params(cfg)
-    keep = {k: v for k, v in params.items()
-            if not any(k == e or k.startswith(e + ".") for e in NON_RESULT_KEYS)}
+    keep = result_params(cfg)
     keep.update(extra or {})
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def freeze_label(strategy: str, n=None, layer=None) -> str:
-    """The name a strategy goes by in tags and reports (``last4`` = last_n n=4)."""
-    if strategy == "last_n":
-        return f"last{n}"
-    if strategy == "last_blocks":
-        return f"last{n}blocks"
-    if strategy == "from_layer":
-        return f"from:{layer}"
-    return strategy
-
-
 def run_name(cfg: DictConfig) -> str:
+    """``<backbone>-<freeze label>-lr<lr>-s<seed>``, the job run's name."""
     return f"{cfg.backbone.name}-{freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)}-lr{cfg.lr:g}-s{cfg.seed}"
 
 

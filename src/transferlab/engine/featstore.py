@@ -28,12 +28,14 @@ except ImportError:  # pragma: no cover
 
 
 def cache_dir(cfg) -> Path:
-    """``trainer.feature_cache_dir`` or ``<mlflow store folder>/feature_cache``."""
-    if cfg.trainer.get("feature_cache_dir"):
-        return Path(cfg.trainer.feature_cache_dir)
-    from transferlab.tracking import default_store_dir
+    """``runtime.feature_cache_dir``; the runner passes its default (``<mlruns>/feature_cache``).
 
-    return default_store_dir(cfg) / "feature_cache"
+    Raises:
+        ValueError: neither is given.
+    """
+    if not cfg.runtime.get("feature_cache_dir"):
+        raise ValueError("the feature cache needs a folder: runtime.feature_cache_dir or fit(feature_dir=...)")
+    return Path(cfg.runtime.feature_cache_dir)
 
 
 def weights_hash(layers_model) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 
-from transferlab.backbones import spec
-from transferlab.pretrained import PretrainedError, load_logged_model, parse, registry_name, resolve
+from transferlab.models.registry import spec
+from transferlab.models.pretrained import PretrainedError, load_logged_model, parse, registry_name, resolve
 
 
 def base_of(model):
@@ -68,10 +68,10 @@ def copy_weights(src, dst, name: str, origin: str) -> int:
 
 
 def _transfer(src, name: str, input_size: int, origin: str):
-    from transferlab import backbones
+    from transferlab.models import weights
 
     _check_same(src, name, origin)
-    dst = backbones.build(name, input_size, None)
+    dst = weights.build(name, input_size, None)
     n = copy_weights(src, dst, name, origin)
     print(f"[transferlab] {name} @{input_size}px: weights of {n} layers from {origin}")
     return dst
@@ -96,7 +96,7 @@ def from_keras_file(name: str, input_size: int, path: str):
     """The job's base with the weights of a ``.keras`` full model (classifier or application)."""
     import keras
 
-    import transferlab.model  # noqa: F401  custom layers of a saved classifier
+    import transferlab.models.layers  # noqa: F401  custom layers of a saved classifier
 
     if not os.path.isfile(path):
         raise PretrainedError(f"backbone.weights={path!r}: no such file.")

@@ -15,56 +15,10 @@ from dataclasses import dataclass, field
 
 import keras
 
-from transferlab import backbones, freeze, tracking
-from transferlab.augment import augmentation
-from transferlab.config import input_size
-
-
-@keras.saving.register_keras_serializable(package="transferlab")
-class Preprocess(keras.layers.Layer):
-    """Applies a backbone's ``preprocess_input``; serialisable by backbone name."""
-
-    def __init__(self, backbone: str, **kwargs):
-        super().__init__(**kwargs)
-        self.backbone = backbone
-        self._fn = backbones.preprocess_fn(backbone)
-
-    def call(self, x):
-        return self._fn(x)
-
-    def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone}
-
-
-@keras.saving.register_keras_serializable(package="transferlab")
-class InferenceMode(keras.layers.Layer):
-    """Runs the wrapped base with ``training=False`` always, also inside ``fit``.
-
-    ``base(x, training=False)`` in a functional model is not enough in Keras 3:
-    when the outer model runs, ``Functional`` injects the caller's ``training``
-    into every layer that takes it, overriding the recorded ``False``
-    (keras/src/models/functional.py, ``operation_fn``; measured: BatchNorm
-    moving statistics changed during ``fit``). This layer's ``call`` has no
-    ``training`` argument, so nothing is injected, and it passes ``False`` on.
-    """
-
-    def __init__(self, base, **kwargs):
-        super().__init__(**kwargs)
-        self.base = base
-
-    def call(self, x):
-        return self.base(x, training=False)
-
-    def compute_output_shape(self, input_shape):
-        return self.base.compute_output_shape(input_shape)
-
-    def get_config(self):
-        return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base)}
-
-    @classmethod
-    def from_config(cls, config):
-        config["base"] = keras.saving.deserialize_keras_object(config["base"])
-        return cls(**config)
+from transferlab.models import freeze, registry
+from transferlab.models.layers import InferenceMode, Preprocess, augmentation
+from transferlab.models.registry import input_size
+from transferlab.models.weights import build as build_base
 
 
 _OPTIMIZERS = {"rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
@@ -115,7 +69,7 @@ def build_optimizer(cfg, lr: float | None = None, base_variables=()):
 
 @dataclass(frozen=True)
 class SpeedSwitches:
-    """What ``trainer.precision`` and ``trainer.jit_compile`` become on this machine.
+    """What ``runtime.precision`` and ``runtime.jit_compile`` become on this machine.
 
     Attributes:
         policy: the Keras dtype policy applied (``float32`` unless a GPU is present).
@@ -126,6 +80,7 @@ class SpeedSwitches:
     policy: str
     jit: bool | str
     tags: dict = field(default_factory=dict)
+    gpu: bool = False  # whether TensorFlow sees a GPU
 
 
 def speed_switches(cfg) -> SpeedSwitches:
@@ -138,14 +93,14 @@ def speed_switches(cfg) -> SpeedSwitches:
     import tensorflow as tf
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    precision = cfg.trainer.get("precision", "float32")
-    jit = cfg.trainer.get("jit_compile", None)
+    precision = cfg.runtime.get("precision", "float32")
+    jit = cfg.runtime.get("jit_compile", None)
     tags = {}
     if precision == "float32" or gpu:
         policy, tags["precision"] = precision, precision
     else:
         policy = "float32"
-        tags["precision"] = (f"float32 (trainer.precision={precision} skipped: no GPU; "
+        tags["precision"] = (f"float32 (runtime.precision={precision} skipped: no GPU; "
                              "mixed precision only pays on GPU tensor cores)")
     if jit is None:
         jit_value = "auto"
@@ -153,12 +108,12 @@ def speed_switches(cfg) -> SpeedSwitches:
                                else "off (auto: Keras uses no XLA on CPU)")
     elif jit and not gpu:
         jit_value = False
-        tags["jit_compile"] = ("off (trainer.jit_compile=true skipped: no GPU; forced XLA was "
+        tags["jit_compile"] = ("off (runtime.jit_compile=true skipped: no GPU; forced XLA was "
                                "measured 5x slower on CPU)")
     else:
         jit_value = bool(jit)
         tags["jit_compile"] = "on" if jit_value else "off"
-    return SpeedSwitches(policy, jit_value, tags)
+    return SpeedSwitches(policy, jit_value, tags, gpu)
 
 
 def compile_model(model, cfg, num_classes: int, lr: float | None = None, base=None) -> None:
@@ -169,13 +124,14 @@ def compile_model(model, cfg, num_classes: int, lr: float | None = None, base=No
                   jit_compile=speed_switches(cfg).jit)
 
 
-def build_model(cfg, num_classes: int):
+def build_model(cfg, num_classes: int, tracking_uri: str | None = None):
     """Builds and compiles the classifier for one job.
 
     Args:
         cfg: the validated job config.
         num_classes: 2 gives Dense(1, sigmoid) + binary cross-entropy (the
             lecture); more gives Dense(k, softmax) + categorical cross-entropy.
+        tracking_uri: the MLflow store that ``backbone.weights=run:...`` is looked up in.
 
     Returns:
         ``(model, base, plan)``: the compiled model, its backbone and the
@@ -186,8 +142,8 @@ def build_model(cfg, num_classes: int):
     keras.mixed_precision.set_global_policy(policy)  # every job sets it: none leaks to the next
     mixed = policy != "float32"
     keras.utils.set_random_seed(cfg.seed)
-    spec = backbones.spec(cfg.backbone.name)
-    base = backbones.build(cfg.backbone.name, size, cfg.backbone.weights, tracking.tracking_uri(cfg))
+    spec = registry.spec(cfg.backbone.name)
+    base = build_base(cfg.backbone.name, size, cfg.backbone.weights, tracking_uri)
     plan = freeze.apply(base, cfg.freeze, spec.block_regex)
 
     inputs = keras.Input((size, size, 3), name="image")
@@ -238,7 +194,7 @@ def calibrate_batchnorm(base, backbone: str, images) -> int:
     saved = [(l.trainable, l.momentum) for l in bns]
     for l in bns:
         l.trainable, l.momentum = True, 0.0
-    base(backbones.preprocess_fn(backbone)(images), training=True)
+    base(registry.preprocess_fn(backbone)(images), training=True)
     for l, (trainable, momentum) in zip(bns, saved):
         l.trainable, l.momentum = trainable, momentum
     return len(bns)

@@ -50,7 +50,7 @@ NATIVE = {
     "WEBP": {"RGB", "RGBA"},
 }
 CACHE_DIRNAME = ".transferlab_cache"
-_CACHE_VERSION = 1  # bump when check() decides differently
+_CACHE_VERSION = 2  # bump when check() decides differently (2: verdicts carry the content digest)
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -61,6 +61,13 @@ class Verdict:
 
     kind: str
     detail: str
+    digest: str = ""  # sha1 of the file's bytes ("" for skipped files)
+
+
+def file_digest(path: Path) -> str:
+    """sha1 of a file's bytes: what the config hash and duplicate checks compare."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def check(path: Path) -> Verdict:
@@ -95,7 +102,7 @@ def check(path: Path) -> Verdict:
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error ...
         msg = str(e) or type(e).__name__
         return Verdict(SKIP, "truncated" if "truncated" in msg.lower() else f"corrupt ({msg})")
-    return Verdict(OK if mode in NATIVE.get(fmt, ()) else CONVERT, f"{fmt} {mode}")
+    return Verdict(OK if mode in NATIVE.get(fmt, ()) else CONVERT, f"{fmt} {mode}", file_digest(path))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -155,8 +162,9 @@ def check_files(root: Path, rels: list[str], cache: Path) -> dict[str, tuple[str
         cache: The cache folder (created when something is written).
 
     Returns:
-        ``rel -> (kind, detail, source)``, ``source`` being the file TF should
-        read: the file itself, or for CONVERT its RGB PNG in ``cache``.
+        ``rel -> (kind, detail, source, digest)``, ``source`` being the file TF
+        should read: the file itself, or for CONVERT its RGB PNG in ``cache``;
+        ``digest`` the sha1 of the file's bytes ("" for skipped files).
 
     Raises:
         OSError: A converted image could not be written.
@@ -177,19 +185,19 @@ def check_files(root: Path, rels: list[str], cache: Path) -> dict[str, tuple[str
         else:
             todo.append(rel)
     for rel, v in zip(todo, _map(lambda r: check(root / r), todo)):
-        entries[rel] += [v.kind, v.detail]
+        entries[rel] += [v.kind, v.detail, v.digest]
     out, to_convert = {}, []
-    for rel, (size, mtime, kind, detail) in entries.items():
+    for rel, (size, mtime, kind, detail, digest) in entries.items():
         source = root / rel
         if kind == CONVERT:
             key = hashlib.sha1(f"{rel}|{size}|{mtime}".encode()).hexdigest()[:20]
             source = cache / "converted" / f"{key}.png"
             if not source.is_file():
                 to_convert.append((root / rel, source))
-        out[rel] = (kind, detail, str(source))
+        out[rel] = (kind, detail, str(source), digest)
     _map(lambda a: convert(*a), to_convert)
     if entries != known:
-        _prune(cache / "converted", {Path(src).name for _, _, src in out.values()})
+        _prune(cache / "converted", {Path(src).name for _, _, src, _ in out.values()})
         try:
             cache.mkdir(parents=True, exist_ok=True)
             tmp = index.with_suffix(f".{os.getpid()}.tmp")

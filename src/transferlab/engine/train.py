@@ -1,49 +1,35 @@
-"""The fit loop of one job: phases, per-epoch MLflow logging, resume, schedules.
+"""The fit loop of one job, plain Keras: phases, schedules, early stopping, resume.
 
-One curve per run: epochs are numbered across phases (phase 1 = head only on
-a frozen base, phase 2 = the chosen freezing strategy), and every per-epoch
-metric is logged with ``step = epoch``. ``EpochBackup`` (backup.py) keeps each phase's
-model and optimizer state on disk after every epoch, so a killed job restarts
-from its last completed epoch; the MLflow logger skips epochs already logged,
-so no step is ever logged twice.
+One curve per job: epochs are numbered across phases (phase 1 = head only on
+a frozen base, phase 2 = the chosen freezing strategy). ``EpochBackup``
+(backup.py) keeps each phase's model and optimizer state on disk after every
+epoch, so a killed job restarts from its last completed epoch. Logging is
+not done here: the caller (the runner) hands in Keras callbacks per phase,
+which run before the backup of each epoch is written.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
-from mlflow.entities import Metric
 
-from transferlab import freeze
-from transferlab.backup import EpochBackup
-from transferlab.model import compile_model
-
-# Keras log names -> the names in the MLflow record (design.md).
-METRIC_NAMES = {"accuracy": "acc", "val_accuracy": "val_acc", "loss": "loss", "val_loss": "val_loss"}
+from transferlab.engine.backup import EpochBackup
+from transferlab.models import freeze
+from transferlab.models.build import compile_model, param_counts
 
 
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs acc/val_acc/loss/val_loss, the learning rate and the phase per epoch.
+class _FirstStep(keras.callbacks.Callback):
+    """Times the first training step (graph tracing included) of a phase."""
 
-    Args:
-        client: an ``mlflow.MlflowClient``.
-        run_id: the job's run.
-        phase: 1 or 2, logged as metric ``phase``.
-        logged_until: the last epoch already in MLflow (-1: none); a resumed
-            job that re-runs that epoch does not log it again.
-    """
-
-    def __init__(self, client, run_id: str, phase: int, logged_until: int = -1):
+    def __init__(self):
         super().__init__()
-        self.client, self.run_id, self.phase, self.logged_until = client, run_id, phase, logged_until
-        self.first_step: float | None = None
-        self.first_step_at: float | None = None  # perf_counter() when the first step ended
-        self._t0 = self._epoch_t0 = 0.0
+        self.seconds: float | None = None
+        self.at: float | None = None  # perf_counter() when the first step ended
+        self._t0 = 0.0
         # Keras runs batch hooks synchronously, converting each step's logs to Python
         # floats (a device sync per step), unless every callback with one is async_safe.
         # This one only reads the clock, so Keras may call it from its thread pool.
@@ -52,23 +38,10 @@ class MlflowEpochLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._t0 = time.perf_counter()
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_t0 = time.perf_counter()
-
     def on_train_batch_end(self, batch, logs=None):
-        if self.first_step is None:
-            self.first_step_at = time.perf_counter()
-            self.first_step = self.first_step_at - self._t0
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch <= self.logged_until:
-            return
-        now = int(time.time() * 1000)
-        values = {METRIC_NAMES[k]: float(v) for k, v in (logs or {}).items() if k in METRIC_NAMES}
-        values["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        values["phase"] = float(self.phase)
-        values["epoch_seconds"] = time.perf_counter() - self._epoch_t0  # training + validation
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
+        if self.seconds is None:
+            self.at = time.perf_counter()
+            self.seconds = self.at - self._t0
 
 
 def lr_at(epoch: int, base_lr: float, sched, epochs: int) -> float:
@@ -102,6 +75,7 @@ class FitResult:
     feature_seconds: float = 0.0  # building or loading cached features
     trainable: list[int] = field(default_factory=list)  # trainable params per phase
     best_epoch: int | None = None  # early stopping's restored epoch
+    feature_cache: str = ""  # whether each phase trained on cached features, and why (not)
 
 
 def _phases(cfg):
@@ -130,54 +104,40 @@ def prebuild(model, dataset) -> None:
         print(f"[transferlab] note: could not pre-build the train step ({type(e).__name__}: {e})")
 
 
-def _tag_switches(cfg, client, run_id: str) -> None:
-    """Tags what the speed switches became on this machine, and the thread share."""
-    import tensorflow as tf
-
-    from transferlab.model import speed_switches
-
-    tags = dict(speed_switches(cfg).tags)
-    # Set through the API or, before TF started, through TF_NUM_*_THREADS (isolate.py).
-    intra = (tf.config.threading.get_intra_op_parallelism_threads()
-             or int(os.environ.get("TF_NUM_INTRAOP_THREADS", 0)))
-    inter = (tf.config.threading.get_inter_op_parallelism_threads()
-             or int(os.environ.get("TF_NUM_INTEROP_THREADS", 0)))
-    why = os.environ.get("TRANSFERLAB_THREADS_WHY", "TensorFlow's default")
-    tags["threads"] = f"intra-op {intra or 'all cores'}, inter-op {inter or 'default'} ({why})"
-    for k, v in tags.items():
-        client.set_tag(run_id, k, v)
-
-
-def fit(model, base, cfg, splits, client, run_id: str, backup_dir: Path,
-        block_regex: str | None, logged_until: int = -1) -> FitResult:
+def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path | None = None,
+        callbacks=None, feature_dir: Path | None = None) -> FitResult:
     """Trains the model through its phase(s); resumable from ``backup_dir``.
 
     Each phase trains either the full model on images or, where
-    ``trainer.feature_cache`` allows (see featcache.py), a head model that
+    ``runtime.feature_cache`` allows (see featcache.py), a head model that
     shares the full model's layers after the frozen cut, on cached features.
-    Either way the full model ends up trained; the tag ``feature_cache`` says
-    which it was and why.
+    Either way the full model ends up trained; ``FitResult.feature_cache``
+    says which it was and why.
 
     Args:
-        model, base: from ``model.build_model`` (compiled, strategy applied).
-        cfg: the job config.
+        model, base: from ``models.build.build_model`` (compiled, strategy applied).
+        cfg: the job config (``trainer``, ``freeze``, ``scheduler``, ``runtime``).
         splits: ``data.Splits``.
-        client, run_id: where per-epoch metrics go.
-        backup_dir: per-job folder for BackupAndRestore (kept until the job
-            finishes, so a restart can find every phase's state).
         block_regex: the backbone's block pattern (for re-applying the strategy).
-        logged_until: last epoch already logged for this run (resume).
+        backup_dir: per-job folder for the per-epoch backups (kept until the job
+            finishes, so a restart can find every phase's state); None: no backups.
+        callbacks: ``callbacks(phase) -> list`` of Keras callbacks for that phase
+            (e.g. the runner's per-epoch logger); they run before the backup.
+        feature_dir: the frozen-feature cache folder (required unless
+            ``runtime.feature_cache=off``).
 
     Returns:
         A FitResult.
+
+    Raises:
+        FeatureCacheError: ``runtime.feature_cache=on`` where caching would
+            change the result.
     """
-    from transferlab import featcache
-    from transferlab.model import param_counts
+    from transferlab.engine import featcache
 
     result = FitResult()
     t = cfg.trainer
     num_classes = splits.num_classes
-    _tag_switches(cfg, client, run_id)
     notes = []
     phases = _phases(cfg)
     for phase, lr, start, end, head_only in phases:
@@ -188,34 +148,35 @@ def fit(model, base, cfg, splits, client, run_id: str, backup_dir: Path,
         compile_model(model, cfg, num_classes, lr=lr, base=base)  # after any trainable change
         result.trainable.append(param_counts(model)[1])
         decision = featcache.decide(model, base, cfg, splits)
-        if not decision.use and t.get("feature_cache") == "on":
+        if not decision.use and cfg.runtime.feature_cache == "on":
             raise featcache.FeatureCacheError(
-                f"trainer.feature_cache=on, but cached features would change this job's result: "
-                f"{decision.reason}. Fix: trainer.feature_cache=auto (caches only where the result "
+                f"runtime.feature_cache=on, but cached features would change this job's result: "
+                f"{decision.reason}. Fix: runtime.feature_cache=auto (caches only where the result "
                 "stays the same) or off.")
         train_model = model
         if decision.use:  # the head model, sharing the full model's layers after the cut
             train_model = featcache.head_model(decision, model)
             compile_model(train_model, cfg, num_classes, lr=lr, base=decision.tail)
-        logger = MlflowEpochLogger(client, run_id, phase, logged_until)
-        backup = EpochBackup(backup_dir / f"phase{phase}")
-        resume_at = backup.restore(train_model)
+        timer = _FirstStep()
+        backup = EpochBackup(backup_dir / f"phase{phase}") if backup_dir is not None else None
+        resume_at = backup.restore(train_model) if backup is not None else 0
         if resume_at >= end:
             continue  # this phase had finished before the interruption (its weights restored)
         t0 = time.perf_counter()
         if decision.use:
-            prep = featcache.prepare(decision, model, cfg, splits)
+            prep = featcache.prepare(decision, model, cfg, splits, feature_dir)
             train_ds, val_ds, note = prep.train, prep.validation, prep.note
             result.feature_seconds += prep.seconds
         else:
             train_ds, val_ds, note = splits.train, splits.validation, f"off: {decision.reason}"
         notes.append(note if len(phases) == 1 else f"phase {phase}: {note}")
-        client.set_tag(run_id, "feature_cache", "; ".join(notes)[:5000])
+        result.feature_cache = "; ".join(notes)
         print(f"[transferlab] feature cache{'' if len(phases) == 1 else f' (phase {phase})'}: {note}")
         prebuild(train_model, train_ds)
-        callbacks = [
-            logger,  # first: a step is logged before its backup is written
-            backup,
+        phase_callbacks = [
+            timer,
+            *(callbacks(phase) if callbacks else ()),  # before the backup: log, then save
+            *([backup] if backup is not None else ()),
             keras.callbacks.LearningRateScheduler(
                 lambda ep, _lr, lr=lr, start=start, end=end: lr_at(ep - start, lr, cfg.scheduler, end - start)),
         ]
@@ -223,22 +184,20 @@ def fit(model, base, cfg, splits, client, run_id: str, backup_dir: Path,
         if es.patience is not None and not head_only:
             stopper = keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience,
                                                     restore_best_weights=True, verbose=1)
-            callbacks.append(stopper)
+            phase_callbacks.append(stopper)
         history = train_model.fit(train_ds, validation_data=val_ds,
                                   initial_epoch=max(start, resume_at),
                                   epochs=end, steps_per_epoch=t.steps_per_epoch,
-                                  validation_steps=t.validation_steps, callbacks=callbacks,
-                                  verbose=t.verbose,
+                                  validation_steps=t.validation_steps, callbacks=phase_callbacks,
+                                  verbose=cfg.runtime.verbose,
                                   shuffle=False)  # the tf.data pipeline shuffles, with the seed
         result.seconds += time.perf_counter() - t0
         ran = len(history.history.get("loss", []))
         per_epoch = t.steps_per_epoch * t.batch_size if t.steps_per_epoch else splits.counts["train"]
         result.images += ran * per_epoch
-        if logger.first_step is not None and not result.first_step_seconds:
-            result.first_step_seconds = logger.first_step
-            result.first_step_at = logger.first_step_at
+        if timer.seconds is not None and not result.first_step_seconds:
+            result.first_step_seconds = timer.seconds
+            result.first_step_at = timer.at
         if es.patience is not None and not head_only and stopper.best_epoch is not None:
             result.best_epoch = stopper.best_epoch  # absolute: fit numbers epochs from `start`
-    if result.feature_seconds:
-        client.log_metric(run_id, "feature_cache_seconds", result.feature_seconds)
     return result

@@ -3,14 +3,14 @@
 Measured here: a process that runs job after job grows by ~60 MB per
 MobileNetV3Small job (~150 MB for bigger models) even with
 ``keras.backend.clear_session()``, so a 50-job sweep in one process would
-keep growing. With ``trainer.isolate=auto`` (the default) every job of a
+keep growing. With ``runtime.isolate=auto`` (the default) every job of a
 basic-launcher multirun runs in a spawned worker process that is replaced after
-``trainer.jobs_per_process`` jobs: memory is bounded, and TensorFlow is
+``runtime.jobs_per_process`` jobs: memory is bounded, and TensorFlow is
 imported once per worker rather than once per job. The launching process
 never imports TensorFlow at all.
 
 Parallel jobs share the cores: under Hydra's joblib launcher each job's
-TensorFlow gets ``cores // n_jobs`` intra-op threads (``trainer.threads``
+TensorFlow gets ``cores // n_jobs`` intra-op threads (``runtime.threads``
 overrides), set before TensorFlow starts in the job's process, so two jobs
 on two cores do not each start two-thread kernels that fight for the same
 cores. The MLflow tag ``threads`` says what a job got and why.
@@ -27,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab import tracking
+from transferlab.runner import tracking
 
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
@@ -63,14 +63,14 @@ def thread_share(cfg: DictConfig, parallel: int | None = None, cores: int | None
     """(intra-op threads, inter-op threads, why) for one job, or None for TF's default.
 
     Args:
-        cfg: the job config (``trainer.threads`` wins when set).
+        cfg: the job config (``runtime.threads`` wins when set).
         parallel: jobs running at once (default: ``parallel_jobs()``).
         cores: usable cores (default: this process's CPU affinity).
     """
     cores = cores or _cores()
-    if cfg.trainer.get("threads"):
-        n = int(cfg.trainer.threads)
-        return n, 1 if n <= 2 else 2, f"trainer.threads={n}"
+    if cfg.runtime.get("threads"):
+        n = int(cfg.runtime.threads)
+        return n, 1 if n <= 2 else 2, f"runtime.threads={n}"
     parallel = parallel_jobs() if parallel is None else parallel
     if parallel <= 1:
         return None
@@ -99,9 +99,11 @@ def apply_threads(share) -> None:
 
 def _child(container: dict, overrides: list[str] | None, env: dict[str, str]) -> dict:
     os.environ.update(env)
-    from transferlab.job import run
+    from transferlab.runner.job import run
 
-    return run(OmegaConf.create(container), overrides)
+    out = run(OmegaConf.create(container), overrides)
+    out.pop("model", None)  # a Keras model does not cross processes; the run has it
+    return out
 
 
 def shutdown() -> None:
@@ -113,7 +115,7 @@ def shutdown() -> None:
 
 
 def dispatch(cfg: DictConfig, overrides: list[str] | None, shared_process: bool) -> dict:
-    """Runs one job here or in the worker process, as ``trainer.isolate`` says.
+    """Runs one job here or in the worker process, as ``runtime.isolate`` says.
 
     Args:
         cfg: the job config.
@@ -125,17 +127,17 @@ def dispatch(cfg: DictConfig, overrides: list[str] | None, shared_process: bool)
     Returns:
         ``transferlab.job.run``'s result.
     """
-    mode = cfg.trainer.isolate
+    mode = cfg.runtime.isolate
     share = thread_share(cfg)
     if mode == "off" or (mode == "auto" and not shared_process):
         apply_threads(share)
-        from transferlab.job import run
+        from transferlab.runner.job import run
 
         return run(cfg, overrides)
     global _pool, _pool_size
-    if _pool is None or _pool_size != cfg.trainer.jobs_per_process:
+    if _pool is None or _pool_size != cfg.runtime.jobs_per_process:
         shutdown()
-        _pool_size = cfg.trainer.jobs_per_process
+        _pool_size = cfg.runtime.jobs_per_process
         if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
             # Inside a joblib (loky) worker the default start method is "loky", which a
             # plain spawned child cannot resolve ("cannot find context for 'loky'").
@@ -148,23 +150,29 @@ def dispatch(cfg: DictConfig, overrides: list[str] | None, shared_process: bool)
         env.update(TF_NUM_INTRAOP_THREADS=str(intra), TF_NUM_INTEROP_THREADS=str(inter),
                    OMP_NUM_THREADS=str(intra), TRANSFERLAB_THREADS_WHY=why)
     container = OmegaConf.to_container(cfg, resolve=True)
+    future = _pool.submit(_child, container, overrides, env)
+    workers = set(getattr(_pool, "_processes", None) or {})  # pids: the job tags its run with its pid
     try:
-        return _pool.submit(_child, container, overrides, env).result()
+        return future.result()
     except BrokenProcessPool as e:
         # The worker died (killed, out of memory): its run cannot close itself.
+        workers |= set(getattr(_pool, "_processes", None) or {})
         shutdown()
-        _close_orphans(cfg, f"worker process died: {e}")
+        _close_orphans(cfg, workers, f"worker process died: {e}")
         raise RuntimeError(f"the job's worker process died ({e}); see the log above") from e
 
 
-def _close_orphans(cfg: DictConfig, error: str) -> None:
+def _close_orphans(cfg: DictConfig, pids: set[int], error: str) -> None:
+    """Marks FAILED the RUNNING job runs that a dead worker (one of ``pids``) owned."""
     c = tracking.client(tracking.tracking_uri(cfg))
     exp = c.get_experiment_by_name(cfg.tracking.experiment)
-    if exp is None:
+    if exp is None or not pids:
         return
-    for r in tracking.find_runs(c, exp.experiment_id, tracking.config_hash(cfg), "RUNNING"):
-        c.set_tag(r.info.run_id, "error", error)
-        c.set_terminated(r.info.run_id, "FAILED")
+    for r in c.search_runs([exp.experiment_id], filter_string=(
+            "attributes.status = 'RUNNING' AND tags.`transferlab.role` = 'job'")):
+        if r.data.tags.get("pid") in {str(p) for p in pids}:
+            c.set_tag(r.info.run_id, "error", error)
+            c.set_terminated(r.info.run_id, "FAILED")
 
 
 atexit.register(shutdown)

@@ -10,53 +10,17 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from transferlab import tracking
-
-
-@dataclass
-class TestScores:
-    """The test split through the trained model, once: scores and per-image predictions."""
-
-    loss: float
-    acc: float
-    probs: "np.ndarray"  # (images, classes): a binary model's sigmoid as [1 - p, p]  # noqa: F821
-    true: "np.ndarray"  # class indices
-    pred: "np.ndarray"
-
-
-def test_scores(model, splits) -> TestScores:
-    """Loss and accuracy on the test split, from ONE ``model.predict``.
-
-    ``model.evaluate`` followed by ``model.predict`` (for the predictions
-    file) traced the full model twice per job (1 s for MobileNetV3Small,
-    more for bigger bases). The loss is the model's own compiled loss
-    function (``keras.losses.get``, the same clipping) averaged over the
-    images, as ``evaluate`` averages it; accuracy as Keras' ``accuracy``
-    metric (threshold 0.5 for a sigmoid, argmax otherwise).
-    """
-    import keras
-    import numpy as np
-
-    out = np.asarray(model.predict(splits.test, verbose=0), dtype=np.float32)
-    y = np.concatenate([np.asarray(y) for _, y in splits.test]).astype(np.float32)
-    loss = float(np.mean(keras.ops.convert_to_numpy(keras.losses.get(model.loss)(y, out))))
-    if splits.num_classes == 2:
-        probs = np.concatenate([1.0 - out, out], axis=1)
-        true = y[:, 0].astype(int)
-        pred = (out[:, 0] > 0.5).astype(int)
-    else:
-        probs, true, pred = out, y.argmax(axis=1), out.argmax(axis=1)
-    return TestScores(loss, float(np.mean(pred == true)), probs, true, pred)
+from transferlab.engine.evaluate import TestScores
+from transferlab.runner import tracking
 
 
 def log_run_artifacts(cfg, model, splits, scores: TestScores, c, run_id: str, freeze_plan: str) -> dict:
     """Test predictions, curves, confusion matrix, config, summary (and the model)."""
-    from transferlab import plots
+    from transferlab.runner import plots
 
     true, pred, probs = scores.true, scores.pred, scores.probs
     # Curves from the MLflow record, so a resumed run shows all its epochs.
@@ -76,13 +40,14 @@ def log_run_artifacts(cfg, model, splits, scores: TestScores, c, run_id: str, fr
     return {"test_images": len(true)}
 
 
-def history(c, run_id: str) -> dict[str, list[float]]:
-    from transferlab.train import METRIC_NAMES
+def history(c, run_id: str, mlflow_names: bool = False) -> dict[str, list[float]]:
+    """Per-epoch loss/accuracy of a run from MLflow, keyed by Keras' names (or MLflow's)."""
+    from transferlab.runner.callbacks import METRIC_NAMES
 
     out = {}
     for keras_name, name in METRIC_NAMES.items():
         points = sorted(c.get_metric_history(run_id, name), key=lambda m: m.step)
-        out[keras_name] = [m.value for m in points]
+        out[name if mlflow_names else keras_name] = [m.value for m in points]
     return out
 
 

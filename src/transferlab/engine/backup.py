@@ -69,7 +69,7 @@ class EpochBackup(keras.callbacks.Callback):
         """Loads the last saved state into ``model``; returns the epoch to resume at (0: none).
 
         A backup of another model (the full model vs the head model trained on
-        cached features, after ``trainer.feature_cache`` changed) is not
+        cached features, after ``runtime.feature_cache`` changed) is not
         loaded: the phase then starts again.
         """
         state_file = self.folder / "state.json"
@@ -103,7 +103,7 @@ class EpochBackup(keras.callbacks.Callback):
         return int(state["epoch"])
 
     def on_train_begin(self, logs=None):
-        from transferlab.model import InferenceMode
+        from transferlab.models.layers import InferenceMode
 
         self._constant = {id(v) for layer in self.model.layers if isinstance(layer, InferenceMode)
                           for v in layer.base.non_trainable_weights}

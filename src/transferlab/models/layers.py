@@ -18,6 +18,8 @@ import math
 import keras
 from keras import ops
 
+from transferlab.models.registry import preprocess_fn
+
 
 # The augment config keys, ImageDataGenerator's meanings; all but the flip resample.
 GEOMETRIC = ("rotation", "width_shift", "height_shift", "shear", "zoom")
@@ -140,3 +142,50 @@ def augmentation(aug_cfg, seed: int, **kwargs):
     if not any(params.values()):
         return None
     return RandomAffine(**params, seed=seed, name="augment", **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="transferlab")
+class Preprocess(keras.layers.Layer):
+    """Applies a backbone's ``preprocess_input``; serialisable by backbone name."""
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self._fn = preprocess_fn(backbone)
+
+    def call(self, x):
+        return self._fn(x)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+@keras.saving.register_keras_serializable(package="transferlab")
+class InferenceMode(keras.layers.Layer):
+    """Runs the wrapped base with ``training=False`` always, also inside ``fit``.
+
+    ``base(x, training=False)`` in a functional model is not enough in Keras 3:
+    when the outer model runs, ``Functional`` injects the caller's ``training``
+    into every layer that takes it, overriding the recorded ``False``
+    (keras/src/models/functional.py, ``operation_fn``; measured: BatchNorm
+    moving statistics changed during ``fit``). This layer's ``call`` has no
+    ``training`` argument, so nothing is injected, and it passes ``False`` on.
+    """
+
+    def __init__(self, base, **kwargs):
+        super().__init__(**kwargs)
+        self.base = base
+
+    def call(self, x):
+        return self.base(x, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.base.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base)}
+
+    @classmethod
+    def from_config(cls, config):
+        config["base"] = keras.saving.deserialize_keras_object(config["base"])
+        return cls(**config)

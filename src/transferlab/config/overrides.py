@@ -1,0 +1,65 @@
+"""The override check that runs before Hydra composes (``run.py``, ``transferlab run``).
+
+Hydra rejects a misspelt key too, but advises ``+key=value`` (append), which
+is wrong for a typo and fails against the schema anyway; this names the
+closest keys instead. Command lines are split by Hydra's own argument parser,
+so every Hydra flag (``-m``, ``-c job``, ``-sc install=bash``, ``--info``,
+``-cp``/``-cn``, ``--experimental-rerun``) keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from transferlab.config.schema import ConfigError, RuntimeConf, schema_keys
+
+# Keys that moved to the runtime group (outside the config hash).
+MOVED = {f"trainer.{k}": f"runtime.{k}" for k in RuntimeConf.__dataclass_fields__}
+
+
+def hydra_overrides(argv: list[str]) -> list[str] | None:
+    """The ``key=value`` overrides of a Hydra command line, as Hydra's own parser splits it.
+
+    Returns None for ``-sc``/``--shell-completion``, whose ``install=bash``
+    style arguments are Hydra's, not config overrides.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    args, _unknown = get_args_parser().parse_known_args(argv)
+    if args.shell_completion:
+        return None
+    return list(args.overrides)
+
+
+def check_override_keys(args: list[str]) -> None:
+    """Rejects a misspelt ``key=value`` override, naming the closest keys.
+
+    Hydra rejects them too, but advises ``+key=value`` (append), which is
+    wrong for a typo and would fail against the schema anyway.
+
+    Raises:
+        ConfigError: naming the key and the closest valid ones.
+    """
+    args = hydra_overrides(args)
+    if args is None:
+        return  # -sc/--shell-completion: Hydra reads install=/uninstall=/query= itself
+    keys = schema_keys() | {"experiment"}
+    for arg in args:
+        m = re.match(r"([A-Za-z_][\w.]*)=", arg)  # not +key, ~key, hydra/launcher=, -m
+        if not m or m.group(1).split(".")[0] == "hydra" or m.group(1) in keys:
+            continue
+        key = m.group(1)
+        if key in MOVED:
+            raise ConfigError(f"{key} is now {MOVED[key]} (the runtime group: settings that cannot "
+                              f"change a job's numbers, outside the config hash). Fix: {MOVED[key]}="
+                              f"{arg.split('=', 1)[1]}")
+        close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
+        group = key.rsplit(".", 1)[0] if "." in key else None
+        siblings = sorted(k for k in keys if group and k.startswith(group + ".") and k.count(".") == 1)
+        raise ConfigError(
+            f"Unknown config key {key!r}."
+            + (f" Did you mean {' or '.join(close)}?" if close else "")
+            + (f" Keys of {group}: {', '.join(siblings)}." if siblings else "")
+            + " (python run.py --cfg job prints the whole config.)"
+        )

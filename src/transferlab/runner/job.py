@@ -1,0 +1,225 @@
+"""One job as one MLflow run: identity (hash), skip, resume, then the engine, then the record.
+
+``run(cfg)`` is what ``run.py``, ``transferlab run`` and ``transferlab.train``
+call for every job; it is plain Python so tests call it directly. The config
+is validated and the data scanned before TensorFlow is imported, so a typo or
+a bad folder fails in milliseconds. The ML itself (build, freeze, fit, score)
+is the engine's and the models' and knows nothing of MLflow: this module hands
+it the per-epoch logger as a Keras callback and records what comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from transferlab import data
+from transferlab.models import pretrained
+from transferlab.models.freeze import freeze_label
+from transferlab.models.registry import input_size
+from transferlab.runner import tracking
+from transferlab.runner.record import distribution, params, train_and_log
+from transferlab.runner.validate import validate
+
+
+def identity(cfg: DictConfig, info: data.DatasetInfo, uri: str) -> tuple[str, dict]:
+    """The job's config hash and the run-time values that entered it.
+
+    Returns:
+        ``(hash, extra)``: ``extra`` holds ``data`` (the scanned files'
+        fingerprint), ``weights_run`` (the run ``run:latest:...`` resolved to)
+        and ``applied`` (GPU switches that take effect on this machine).
+    """
+    extra: dict = {"data": info.fingerprint()}
+    if pretrained.kind(cfg.backbone.weights) == "run":
+        extra["weights_run"] = pretrained.resolve(cfg.backbone.weights, uri, cfg.backbone.name)[0].info.run_id
+    applied = applied_switches(cfg)
+    if applied:
+        extra["applied"] = applied
+    return tracking.config_hash(cfg, extra), extra
+
+
+def applied_switches(cfg: DictConfig) -> dict:
+    """The runtime switches that change the numbers here: none on a CPU-only host.
+
+    Mixed precision, forced XLA and a multi-replica strategy change a job's
+    numbers where they apply (a GPU, several GPUs); skipped on a CPU they do
+    not, so they stay out of the hash. TensorFlow is imported only when one of
+    them is asked for.
+    """
+    r = cfg.runtime
+    if r.precision == "float32" and r.jit_compile is None and r.strategy == "default":
+        return {}
+    from transferlab.models.build import speed_switches
+
+    sw = speed_switches(cfg)
+    out = {}
+    if sw.policy != "float32":
+        out["precision"] = sw.policy
+    if sw.gpu and sw.jit != "auto":
+        out["jit_compile"] = bool(sw.jit)
+    if r.strategy == "mirrored":
+        n = distribution("mirrored").num_replicas_in_sync
+        if n > 1:
+            out["strategy"] = f"mirrored x{n}"
+    return out
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
+    """Trains and evaluates one configuration and logs it to MLflow.
+
+    Args:
+        cfg: a composed job config (``transferlab.config.Config`` schema).
+        overrides: the job's Hydra overrides, kept as a tag so a failed job
+            can be re-run by hand.
+
+    Returns:
+        The final metrics (``test_acc``, ``test_loss``, ...) with ``run_id``,
+        or the metrics of the earlier FINISHED run (``skipped=True``) when
+        ``tracking.skip_finished`` skips the job. In-process callers also get
+        ``model`` (the trained ``keras.Model``) and ``history`` (per-epoch
+        metrics) under the keys of the same names.
+
+    Raises:
+        ConfigError, DataError, WeightsUnavailable: user errors, after the run
+        (if one was started) is marked FAILED with the message as a tag.
+    """
+    validate(cfg)
+    info = data.scan(data.dataset_path(cfg))  # data errors before a run is created
+    uri = tracking.tracking_uri(cfg)
+    c = tracking.client(uri)
+    exp_id = tracking.ensure_experiment(cfg)
+    chash, extra = identity(cfg, info, uri)
+    parent = os.environ.get(tracking.ENV_PARENT)
+    earlier = tracking.find_runs(c, exp_id, chash)
+    finished = [r for r in earlier if r.info.status == "FINISHED"]
+    if cfg.tracking.skip_finished and finished:
+        if parent and finished[0].data.tags.get("mlflow.parentRunId") != parent:
+            c.set_tag(parent, f"skipped.{chash}", finished[0].info.run_id)  # a twin in this sweep is not
+        print(f"[transferlab] skip: {tracking.run_name(cfg)} already FINISHED on the same data "
+              f"as run {finished[0].info.run_id} (tracking.skip_finished=true)")
+        return dict(finished[0].data.metrics, run_id=finished[0].info.run_id, skipped=True)
+
+    tags = {
+        "mlflow.runName": tracking.run_name(cfg),
+        "transferlab.role": "job",
+        "backbone": cfg.backbone.name,
+        "freeze": freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer),
+        "config_hash": chash,
+        "data_fingerprint": extra["data"],
+        "sweep_id": os.environ.get(tracking.ENV_SWEEP, "none"),
+        "pid": str(os.getpid()),
+    }
+    if "weights_run" in extra:
+        tags["weights_run"] = extra["weights_run"]
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    if overrides:
+        tags["hydra_overrides"] = " ".join(overrides)[:5000]
+    if cfg.name:
+        tags["experiment_preset"] = cfg.name
+    backup_dir = tracking.backup_dir(cfg, chash)
+    _preflight(cfg)  # layer names and weights file: fail before a run exists
+    run_id, logged_until = _resume_or_create(c, exp_id, earlier, backup_dir, tags)
+    try:
+        if logged_until < 0:
+            c.log_batch(run_id, params=params(tracking.flat_params(cfg)))
+            _log_data_report(c, run_id, info)
+
+        out = train_and_log(cfg, info, c, run_id, backup_dir, logged_until)
+    except BaseException as e:  # KeyboardInterrupt too: never leave a run RUNNING
+        c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp, "traceback.txt")
+            p.write_text(traceback.format_exc())
+            c.log_artifact(run_id, str(p))
+        c.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    from transferlab.engine.backup import clear_backup
+
+    clear_backup(backup_dir)
+    c.set_terminated(run_id, "FINISHED")
+    metrics = out.metrics
+    return dict(metrics, run_id=run_id, val_acc=final_val_acc(c, run_id, metrics.get("best_epoch")),
+                model=out.model, history=out.history)
+
+
+def final_val_acc(c, run_id: str, best_epoch) -> float:
+    """Validation accuracy of the model the job ends with (the restored best epoch, if any)."""
+    by_step = {m.step: m.value for m in c.get_metric_history(run_id, "val_acc")}
+    if not by_step:
+        return float("nan")
+    return by_step.get(int(best_epoch), by_step[max(by_step)]) if best_epoch is not None else by_step[max(by_step)]
+
+
+def _log_data_report(c, run_id: str, info) -> None:
+    """What the scan left out or converted: counts as tags, the lists as artifacts."""
+    c.set_tag(run_id, "skipped_files", str(len(info.skipped)))
+    c.set_tag(run_id, "converted_files", str(len(info.converted)))
+    if info.skipped:
+        c.log_text(run_id, "\n".join(info.skipped) + "\n", "skipped_files.txt")
+    if info.converted:
+        c.log_text(run_id, "\n".join(info.converted) + "\n", "converted_files.txt")
+
+
+def _preflight(cfg: DictConfig) -> None:
+    """Checks what needs the built base, before a run is created.
+
+    Builds the base (random init: 0.4-2.4 s from VGG19 to ConvNeXtXLarge on
+    2 CPU cores; with a local weights file, that file, which must fit:
+    PretrainedError) and plans the freeze against its real layer names
+    (FreezeError: unknown layer, more blocks than the base has). ImageNet
+    weights and run: specs are not fetched here: an offline machine still
+    gets a FAILED run saying how to get them.
+    """
+    w = cfg.backbone.weights
+    if cfg.freeze.strategy not in ("from_layer", "last_blocks") and pretrained.kind(w) != "file":
+        return  # validate() already checked everything else without building anything
+    import keras
+
+    from transferlab.models import freeze, registry, weights
+
+    keras.backend.clear_session()
+    base = weights.build(cfg.backbone.name, input_size(cfg),
+                         weights=w if pretrained.kind(w) == "file" else None)
+    freeze.plan_for(base, cfg.freeze, registry.spec(cfg.backbone.name).block_regex)
+    del base
+    keras.backend.clear_session()
+
+
+def _resume_or_create(c, exp_id: str, earlier, backup_dir: Path, tags: dict) -> tuple[str, int]:
+    """Picks up an interrupted run of this config, or creates a new run.
+
+    A run left RUNNING (process killed) or KILLED (Ctrl-C) whose backups are
+    on disk is resumed under the same run id: the engine restores model and
+    optimizer at the last completed epoch, and epochs already in MLflow are
+    not logged again. Without backups it cannot be continued faithfully, so it
+    is closed as FAILED and the job starts afresh.
+
+    Returns:
+        (run id, last epoch already logged or -1).
+    """
+    for r in earlier:
+        if r.info.status not in ("RUNNING", "KILLED"):
+            continue
+        if backup_dir.is_dir():
+            run_id = r.info.run_id
+            hist = c.get_metric_history(run_id, "loss")
+            logged = max((m.step for m in hist), default=-1)
+            c.update_run(run_id, status="RUNNING")
+            for k in ("mlflow.parentRunId", "sweep_id", "pid"):
+                if k in tags:
+                    c.set_tag(run_id, k, tags[k])
+            c.set_tag(run_id, "resumed", f"after epoch {logged}")
+            print(f"[transferlab] resume: {tags['mlflow.runName']} continues MLflow run {run_id} "
+                  f"after epoch {logged}")
+            return run_id, logged
+        c.set_tag(r.info.run_id, "error", "interrupted before its first backup; started afresh")
+        c.set_terminated(r.info.run_id, "FAILED")
+    run_id = c.create_run(exp_id, tags=tags).info.run_id
+    print(f"[transferlab] job {tags['mlflow.runName']} -> MLflow run {run_id}")
+    return run_id, -1

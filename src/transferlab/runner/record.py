@@ -1,0 +1,157 @@
+"""A job's training as the runner drives it: engine calls in, MLflow record out.
+
+The order that makes a job's numbers a function of its config and seed alone:
+a fresh Keras session, then the seed, then the data pipelines (their shuffle
+is seeded), then the model. Before, the shuffle was built before the seed was
+set, so a job's batches depended on what had run earlier in the same worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from transferlab import data
+from transferlab.models.freeze import freeze_label
+from transferlab.models.registry import input_size
+from transferlab.runner import tracking
+
+
+@dataclass
+class Trained:
+    """What ``train_and_log`` hands back: the final metrics, the model, its history."""
+
+    metrics: dict
+    model: object
+    history: dict  # MLflow metric name -> per-epoch values (resumed epochs included)
+
+
+def seed_everything(seed: int) -> None:
+    """A fresh Keras session, then Python's, NumPy's, TensorFlow's and Keras' seeds.
+
+    ``clear_session`` drops Keras' global seed generator and TF's op-seed
+    counter too, so this comes first; everything random in a job (shuffle
+    order, initial head weights, dropout, augmentation) is created after it.
+    """
+    import keras
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+
+
+def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
+                  logged_until: int) -> Trained:
+    """Loads the data, builds, trains and scores one job, logging to ``run_id``."""
+    from mlflow.entities import Metric
+
+    from transferlab.engine import train
+    from transferlab.engine.evaluate import test_scores
+    from transferlab.models import registry
+    from transferlab.models.build import build_model, calibrate_batchnorm, param_counts, speed_switches
+    from transferlab.runner import artifacts
+    from transferlab.runner.callbacks import MlflowEpochLogger
+
+    size = input_size(cfg)
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+    splits = data.load(info, size, cfg.trainer.batch_size, cfg.seed,
+                       repeat_train=cfg.trainer.steps_per_epoch is not None)
+    t_data = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    strategy = distribution(cfg.runtime.strategy)
+    c.set_tag(run_id, "strategy", f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replicas)")
+    _tag_runtime(speed_switches(cfg).tags, c, run_id)
+    uri = tracking.tracking_uri(cfg)
+    with strategy.scope():  # model, optimizer and every (re)compile live in the strategy
+        model, base, plan = build_model(cfg, splits.num_classes, uri)
+        if cfg.backbone.weights is None:  # random init: give BatchNorm real statistics
+            images = next(iter(splits.train.unbatch().batch(64).take(1)))[0]
+            n_bn = calibrate_batchnorm(base, cfg.backbone.name, images)
+            c.set_tag(run_id, "bn_calibrated", f"{n_bn} BatchNorm layers from {len(images)} train images")
+        t_build = time.perf_counter() - t0
+        total, trainable = param_counts(model)
+        label = freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)
+        print(f"[transferlab] {cfg.backbone.name} @{size}px, freeze={label}: {plan.description}; "
+              f"params {total:,} total, {trainable:,} trainable")
+        c.set_tag(run_id, "freeze_plan", plan.description)
+        if cfg.trainer.warmup_epochs and logged_until < 0:  # phase-prefixed: no param rewritten
+            c.log_batch(run_id, params=params({
+                "phase1.epochs": cfg.trainer.warmup_epochs, "phase1.lr": cfg.trainer.warmup_lr,
+                "phase1.freeze": "all", "phase2.epochs": cfg.trainer.epochs, "phase2.lr": cfg.lr,
+                "phase2.freeze": label}))
+        feature_dir = (Path(cfg.runtime.feature_cache_dir) if cfg.runtime.feature_cache_dir
+                       else tracking.default_store_dir(cfg) / "feature_cache")
+        fit = train.fit(model, base, cfg, splits, block_regex=registry.spec(cfg.backbone.name).block_regex,
+                        backup_dir=backup_dir, feature_dir=feature_dir,
+                        callbacks=lambda phase: [MlflowEpochLogger(c, run_id, phase, logged_until)])
+    c.set_tag(run_id, "feature_cache", fit.feature_cache[:5000])
+    scores = test_scores(model, splits)  # best weights if early-stopped
+    metrics = {
+        "test_acc": scores.acc, "test_loss": scores.loss,
+        "params_total": total, "params_trainable": fit.trainable[-1],
+        "train_seconds": fit.seconds, "train_images_per_s": fit.images / max(fit.seconds, 1e-9),
+        "build_seconds": t_build, "data_seconds": t_data,
+        "first_step_seconds": fit.first_step_seconds,
+    }
+    if fit.feature_seconds:
+        metrics["feature_cache_seconds"] = fit.feature_seconds
+    if len(fit.trainable) > 1:
+        metrics["phase1_params_trainable"] = fit.trainable[0]
+    if fit.best_epoch is not None:
+        metrics["best_epoch"] = fit.best_epoch
+    metrics.update(artifacts.log_run_artifacts(cfg, model, splits, scores, c, run_id, plan.description))
+    if cfg.tracking.log_model:
+        artifacts.log_model(model, splits, uri, run_id)
+    rss = rss_mb()
+    if rss is not None:  # memory of the job's process, to watch growth across a sweep
+        metrics["process_rss_mb"] = rss
+    now = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    print(f"[transferlab] {tracking.run_name(cfg)}: test_acc={scores.acc:.4f} test_loss={scores.loss:.4f} "
+          f"({fit.seconds:.1f} s training)")
+    return Trained(metrics, model, artifacts.history(c, run_id, mlflow_names=True))
+
+
+def _tag_runtime(switch_tags: dict, c, run_id: str) -> None:
+    """Tags what the speed switches became on this machine, and the thread share."""
+    import tensorflow as tf
+
+    tags = dict(switch_tags)
+    # Set through the API or, before TF started, through TF_NUM_*_THREADS (isolate.py).
+    intra = (tf.config.threading.get_intra_op_parallelism_threads()
+             or int(os.environ.get("TF_NUM_INTRAOP_THREADS", 0)))
+    inter = (tf.config.threading.get_inter_op_parallelism_threads()
+             or int(os.environ.get("TF_NUM_INTEROP_THREADS", 0)))
+    why = os.environ.get("TRANSFERLAB_THREADS_WHY", "TensorFlow's default")
+    tags["threads"] = f"intra-op {intra or 'all cores'}, inter-op {inter or 'default'} ({why})"
+    for k, v in tags.items():
+        c.set_tag(run_id, k, v)
+
+
+def params(flat: dict):
+    """MLflow ``Param`` entities of a flat ``{key: value}`` dict."""
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)) for k, v in flat.items()]
+
+
+def distribution(name: str):
+    """``runtime.strategy``: ``default`` or ``mirrored`` (all local GPUs; the CPU where none)."""
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def rss_mb() -> float | None:
+    """Resident memory of this process in MB (Linux), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return None
