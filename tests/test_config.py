@@ -11,7 +11,8 @@ from transferlab.models.registry import BACKBONES
 from transferlab.config import ConfigError
 from transferlab.runner.validate import validate
 
-GROUPS = ["backbone", "freeze", "dataset", "optimizer", "augment", "head", "trainer", "tracking"]
+GROUPS = ["backbone", "freeze", "dataset", "optimizer", "scheduler", "augment", "head", "trainer",
+          "runtime", "tracking"]
 PARAMETERISED = {"last_n": ["freeze.n=3"], "last_blocks": ["freeze.n=1"],
                  "from_layer": ["freeze.layer=block_16_expand"], "folder": ["dataset.path=."]}
 
@@ -102,3 +103,38 @@ def test_bad_sweep_value_fails_fast_without_tensorflow(tmp_path):
     assert "lr must be > 0, got lr=-1" in out
     assert "TF_LOADED False" in out
     assert not (tmp_path / "mlruns").exists()
+
+
+# Keys that name which option a file is (optimizer name, freeze strategy, ...), not a value.
+IDENTITY = {"name", "strategy", "pooling"}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_no_yaml_repeats_a_schema_default(group):
+    """Defaults live once, in the schema: a group file holds only what its option changes.
+
+    Before, the dataclasses said trainer.epochs=5 and dataset.images_per_class=30 while
+    the YAML files said 10 and 40: two sources that disagreed.
+    """
+    from transferlab.config.schema import Config
+
+    defaults = OmegaConf.structured(Config)[group]
+    for path in (ROOT / "conf" / group).glob("*.yaml"):
+        flat = OmegaConf.to_container(OmegaConf.load(path))
+        for key, value in flat.items():
+            if key in IDENTITY or isinstance(value, dict):
+                continue
+            assert value != defaults[key], f"{path.name}: {group}.{key}={value!r} repeats the schema default"
+
+
+def test_composed_defaults_are_the_schemas(compose, tmp_path):
+    """With no override, every value not set by a default option is the dataclass default."""
+    from transferlab.config.schema import Config
+
+    import dataclasses
+
+    cfg = compose([])
+    for group in ("trainer", "runtime", "tracking", "scheduler"):  # default options: comments only
+        assert OmegaConf.to_container(cfg[group]) == dataclasses.asdict(getattr(Config(), group)), group
+    assert cfg.trainer.epochs == 10 and cfg.dataset.images_per_class == 40 and cfg.lr == 1e-4
+    assert cfg.root_dir == str(tmp_path) and cfg.data_dir == f"{tmp_path}/data"

@@ -1,0 +1,104 @@
+"""The Python API (transferlab.train / transferlab.sweep) and the installed package."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import pytest
+
+from conftest import ROOT, TINY
+
+
+def _cli_run(root, *overrides):
+    p = subprocess.run([sys.executable, "run.py", *TINY, f"root_dir={root}",
+                        f"hydra.run.dir={root}/outputs", *overrides],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    c = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    exp = c.get_experiment_by_name("transferlab")
+    (run,) = c.search_runs([exp.experiment_id])
+    return c, run
+
+
+def test_train_and_sweep_write_what_the_cli_writes(tmp_path, monkeypatch):
+    import transferlab
+
+    overrides = [*TINY, "trainer.epochs=2", f"root_dir={tmp_path / 'api'}"]
+    monkeypatch.chdir(tmp_path)  # Hydra's multirun/ folder goes here
+    result = transferlab.train([*overrides, "freeze=all"])
+    assert result.model is not None and not result.skipped
+    assert result.model.input_shape == (None, 32, 32, 3)
+    assert len(result.history["loss"]) == len(result.history["val_acc"]) == 2
+    assert 0 <= result.metrics["test_acc"] <= 1
+    # The command line, same config, another store: the same numbers.
+    c, cli = _cli_run(tmp_path / "cli", "trainer.epochs=2", "freeze=all")
+    cli_loss = [m.value for m in sorted(c.get_metric_history(cli.info.run_id, "loss"), key=lambda m: m.step)]
+    assert result.history["loss"] == cli_loss
+    assert result.metrics["test_acc"] == cli.data.metrics["test_acc"]
+    assert cli.data.tags["config_hash"] == mlflow.MlflowClient(
+        f"sqlite:///{tmp_path / 'api'}/mlruns/mlflow.db").get_run(result.run_id).data.tags["config_hash"]
+    # A sweep in the API's store: freeze=all already FINISHED there (skipped), last4 runs.
+    table = transferlab.sweep([*overrides, "freeze=all,last4"])
+    assert list(table["freeze"]) == ["last4", "all"]
+    assert list(table["skipped"]) == [False, True]
+    assert set(table["status"]) == {"FINISHED"}
+    row = table[table["freeze"] == "all"].iloc[0]
+    assert row["run_id"] == result.run_id and row["test_acc"] == result.metrics["test_acc"]
+    assert table.attrs["report"].endswith("report.html") and os.path.isfile(table.attrs["report"])
+    # train() of a finished config returns the earlier run, without a model
+    again = transferlab.train([*overrides, "freeze=all"])
+    assert again.skipped and again.run_id == result.run_id and again.model is None
+    assert again.history["loss"] == result.history["loss"]
+
+
+def test_api_errors_name_the_fix():
+    import transferlab
+    from transferlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="Did you mean trainer.epochs"):
+        transferlab.train(["trainer.epoch=3"])
+
+
+@pytest.mark.slow
+def test_wheel_installed_outside_the_repository_sweeps(tmp_path):
+    """pip wheel . -> a fresh venv -> an empty folder: `transferlab run -m` and the API work.
+
+    The venv reuses this environment's dependencies (a .pth line: no download) but
+    not its editable transferlab, so the package, its conf/ and experiments/ come
+    from the wheel alone.
+    """
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    str(ROOT), "-w", str(wheels)], check=True, cwd=tmp_path, timeout=300)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    deps = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
+    (site / "deps.pth").write_text(deps + "\n")
+    py = venv / "bin" / "python"
+    # this pip (reached through deps.pth) installs into the new venv: its console script too
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", *map(str, wheels.glob("*.whl"))],
+                   check=True, timeout=300)
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRANSFERLAB_ROOT")}
+    where = subprocess.run([py, "-c", "import transferlab, sys; print(transferlab.__file__)"],
+                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout
+    assert str(site) in where, where
+    tiny = [a for a in TINY if not a.startswith("backbone=")]
+    # experiment=quickstart comes from the wheel's conf/experiment/; its sweep narrowed to 2 jobs
+    p = subprocess.run([venv / "bin" / "transferlab", "run", "-m", "experiment=quickstart", *tiny,
+                        "hydra.sweeper.params.backbone=mobilenetv3small"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert "sweep done: 2 finished, 0 failed" in p.stdout
+    assert (work / "mlruns" / "mlflow.db").is_file()
+    api = textwrap.dedent(f"""
+        import transferlab
+        r = transferlab.train({[*TINY, "freeze=none"]!r})
+        print("API", r.run_id, round(r.metrics["test_acc"], 4), type(r.model).__name__)
+    """)
+    p = subprocess.run([py, "-c", api], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0 and "API " in p.stdout and "Functional" in p.stdout, (p.stdout + p.stderr)[-3000:]
