@@ -63,7 +63,7 @@ def test_train_step_is_traced_once(compose):
     (3, 2, 2, (3, 2, "runtime.threads=3")),
 ])
 def test_thread_share(threads, parallel, cores, expected):
-    cfg = OmegaConf.create({"trainer": {"threads": threads}})
+    cfg = OmegaConf.create({"runtime": {"threads": threads}})
     assert isolate.thread_share(cfg, parallel=parallel, cores=cores) == expected
 
 
