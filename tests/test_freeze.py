@@ -1,4 +1,6 @@
-"""Freezing strategies: exact trainable counts on VGG19 (the lecture's model)."""
+"""Freezing strategies: exact trainable counts on VGG19 (the lecture's model), whole blocks on every family."""
+
+from types import SimpleNamespace
 
 import pytest
 
@@ -77,3 +79,172 @@ def test_batchnorm_policy_on_resnet50(compose):
         assert bns and convs and all(l.trainable for l in convs)
         assert all(l.trainable == expect for l in bns)
         assert not any(l.trainable for l in base.layers[: p.first_trainable])
+
+
+# -- last_blocks on the real graphs of every family with blocks ---------------
+#
+# Checked against the built graph, independently of freeze.graph_of: a layer
+# with weights whose outputs are read only by the trainable part (directly or
+# through layers that are) belongs to the trainable blocks, unless it is named
+# as an earlier block's or its output is the one tensor everything after it
+# depends on (the block's input: every other layer is its ancestor or its
+# descendant); no layer named as an earlier block's may be trainable; and the
+# frozen part reads nothing from the trainable part (so it is a prefix the
+# feature cache can cut off).
+
+FAMILIES = {  # family -> (one small representative in the fast suite, the others)
+    "vgg": ("vgg16", ["vgg19"]),
+    "xception": ("xception", []),
+    "resnet": ("resnet50", ["resnet101", "resnet152"]),
+    "resnet_v2": ("resnet50v2", ["resnet101v2", "resnet152v2"]),
+    "densenet": ("densenet121", ["densenet169", "densenet201"]),
+    "mobilenet": ("mobilenet", []),
+    "mobilenet_v2": ("mobilenetv2", []),
+    "mobilenet_v3": ("mobilenetv3small", ["mobilenetv3large"]),
+    "efficientnet": ("efficientnetb0", [f"efficientnetb{i}" for i in range(1, 8)]),
+    "efficientnet_v2": ("efficientnetv2b0", ["efficientnetv2b1", "efficientnetv2b2",
+                                             "efficientnetv2b3", "efficientnetv2s",
+                                             "efficientnetv2m", "efficientnetv2l"]),
+    "inception_resnet_v2": ("inceptionresnetv2", []),
+    "nasnet": ("nasnetmobile", ["nasnetlarge"]),
+    "convnext": ("convnexttiny", ["convnextsmall", "convnextbase", "convnextlarge",
+                                  "convnextxlarge"]),
+}
+_BASES = {}
+_REUSED = ("inceptionresnetv2", "nasnetmobile")  # kept for the tests naming them
+
+
+def _base(name):
+    """(base, layer readers, single-tensor-cut flags), built once per test session."""
+    if name not in _BASES:
+        import keras
+
+        from transferlab.models import weights
+
+        keras.backend.clear_session()  # deterministic auto-names (conv2d_199 ...)
+        size = 75 if name.startswith(("inception", "xception")) else 32
+        base = weights.build(name, size, weights=None)
+        for other in [b for b in _BASES if b not in _REUSED]:  # few bases alive at a time
+            del _BASES[other]
+        _BASES[name] = (base, *_reader_graph(base))
+    return _BASES[name]
+
+
+def _reader_graph(base):
+    """Per layer: the layers reading its output (through ops such as ``add``) and whether
+    its output is a single-tensor cut (every other layer is an ancestor or a descendant)."""
+    ops = base.operations
+    pos = {id(o): k for k, o in enumerate(ops)}
+    readers = [set() for _ in ops]
+    for k, op in enumerate(ops):
+        for node in op._inbound_nodes:
+            for t in node.arguments.keras_tensors:
+                readers[pos[id(t._keras_history.operation)]].add(k)
+    layer_of = {pos[id(l)]: i for i, l in enumerate(base.layers)}
+
+    def layers_reading(k):
+        out = set()
+        for r in readers[k]:
+            out |= {layer_of[r]} if r in layer_of else layers_reading(r)
+        return out
+
+    reads = [sorted(layers_reading(pos[id(l)])) for l in base.layers]
+    n = len(reads)
+    anc, desc = [0] * n, [0] * n
+    for i in range(n):
+        for r in reads[i]:
+            anc[r] |= anc[i] | (1 << i)
+    for i in range(n - 1, -1, -1):
+        for r in reads[i]:
+            desc[i] |= desc[r] | (1 << r)
+    full = (1 << n) - 1
+    return reads, [(anc[i] | desc[i] | (1 << i)) == full for i in range(n)]
+
+
+def _check_last_blocks(name, n, bn="frozen"):
+    import keras
+
+    from transferlab.models import freeze, registry
+
+    base, reads, cut = _base(name)
+    regex = registry.spec(name).block_regex
+    p = freeze.apply(base, SimpleNamespace(strategy="last_blocks", n=n, layer=None, bn=bn), regex)
+    layers = base.layers
+    ids = freeze.block_ids([l.name for l in layers], regex)
+    order = list(dict.fromkeys(i for i in ids if i is not None))
+    earlier = set(order[:-n])
+    region = {i for i in range(len(layers)) if p.trainable(i)}
+    assert region and all(p.trainable(i) for i, b in enumerate(ids) if b in order[-n:])
+    # the trainable blocks' own layers, and every layer that feeds only them
+    belongs = set(region)
+    for i in range(len(layers) - 1, -1, -1):
+        if ids[i] not in earlier and not cut[i] and reads[i] and set(reads[i]) <= belongs:
+            belongs.add(i)
+    missed = [layers[i].name for i in sorted(belongs - region) if layers[i].weights]
+    assert not missed, f"{name} last {n} blocks: frozen although they feed only those blocks"
+    wrong = [layers[i].name for i in sorted(region) if ids[i] in earlier]
+    assert not wrong, f"{name} last {n} blocks: layers of earlier blocks trainable"
+    leak = [layers[r].name for i in region for r in reads[i] if r not in region]
+    assert not leak, f"{name}: frozen layers reading the trainable part"
+    for i, l in enumerate(layers):  # the flags apply() set
+        is_bn = isinstance(l, keras.layers.BatchNormalization)
+        assert l.trainable == (i in region and not (is_bn and bn == "frozen")), l.name
+    return base, p
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_last_blocks_takes_whole_blocks(family):
+    name = FAMILIES[family][0]
+    for n in (1, 2):
+        _check_last_blocks(name, n)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(b for _, more in FAMILIES.values() for b in more))
+def test_last_blocks_takes_whole_blocks_large(name):
+    for n in (1, 2):
+        _check_last_blocks(name, n)
+
+
+def test_family_table_covers_every_backbone_with_blocks():
+    from transferlab.models.registry import BACKBONES
+
+    covered = {b for first, more in FAMILIES.values() for b in [first, *more]}
+    assert covered == {b for b, s in BACKBONES.items() if s.block_regex}
+
+
+def test_inception_resnet_v2_last_block_includes_its_unnamed_branches():
+    """block8_10's branch convolutions are auto-named (conv2d_199 ...); names alone froze them."""
+    import keras
+
+    base, p = _check_last_blocks("inceptionresnetv2", 1, bn="trainable")
+    names = [l.name for l in base.layers]
+    between = base.layers[names.index("block8_9_ac") + 1:names.index("block8_10_mixed")]
+    branch_convs = [l for l in between if isinstance(l, keras.layers.Conv2D)]
+    assert len(branch_convs) == 4 and all(l.trainable for l in branch_convs)
+    assert all(not l.name.startswith("block8_10") for l in branch_convs)
+    assert not base.get_layer("block8_9_conv").trainable
+    assert "12 layers without a block name joined from the graph" in p.description
+    assert p.description.startswith("18 of 780 base layers trainable")
+
+
+def test_nasnet_last_cells_include_their_adjust_projection():
+    """adjust_conv_projection_12 carries cell 11's output into cell 12; names alone froze it."""
+    base, p = _check_last_blocks("nasnetmobile", 1, bn="trainable")
+    assert base.get_layer("adjust_conv_projection_12").trainable
+    assert not base.get_layer("adjust_conv_projection_11").trainable
+    assert not base.get_layer("normal_concat_11").trainable
+    assert "adjust_conv_projection_12" in p.description
+    base, p = _check_last_blocks("nasnetmobile", 2)
+    assert base.get_layer("adjust_conv_projection_11").trainable
+
+
+def test_nasnet_cell_after_a_reduction_keeps_the_reduction_frozen():
+    """Cell 9 reads cell 8's output past reduction cell reduce_8; Keras lists its adjust layers
+    before some of reduce_8's, so the trainable part is not a plain suffix of base.layers."""
+    base, p = _check_last_blocks("nasnetmobile", 4, bn="trainable")
+    assert base.get_layer("adjust_conv_1_9").trainable and base.get_layer("adjust_conv_2_9").trainable
+    names = [l.name for l in base.layers]
+    assert names.index("reduction_concat_reduce_8") in p.frozen_after
+    assert p.first_trainable < min(p.frozen_after)
+    assert not any(l.trainable for l in base.layers if l.name.endswith("reduce_8"))

@@ -69,3 +69,24 @@ def test_saved_model_round_trip(compose, tmp_path):
     assert again.get_layer("augment").get_config() == model.get_layer("augment").get_config()
     np.testing.assert_allclose(np.asarray(again.predict(x, verbose=0)),
                                np.asarray(model.predict(x, verbose=0)), rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_weight_decay_follows_the_backbone_lr_mult(compose):
+    """Zero gradients leave AdamW only its decay: lr*mult*wd on a base weight, lr*wd on the head."""
+    import tensorflow as tf
+
+    lr, wd, mult = 0.1, 0.5, 0.2
+    cfg = compose(["backbone=vgg16", "backbone.weights=null", "image_size=32", "freeze=none",
+                   "optimizer=adamw", f"optimizer.weight_decay={wd}", f"lr={lr}",
+                   f"optimizer.backbone_lr_mult={mult}"])
+    model, base, _ = build_model(cfg, 2)
+    opt = model.optimizer
+    variables = model.trainable_variables
+    opt.build(variables)
+    k_base, k_head = base.get_layer("block5_conv3").kernel, model.get_layer("predictions").kernel
+    before = (k_base.numpy().copy(), k_head.numpy().copy())
+    # traced, as in fit's train step (the decay is read when the step is traced)
+    tf.function(lambda: opt.apply_gradients([(tf.zeros_like(v), v) for v in variables]))()
+    for k, old, step in ((k_base, before[0], lr * mult * wd), (k_head, before[1], lr * wd)):
+        nonzero = np.abs(old) > 1e-6
+        np.testing.assert_allclose(1 - k.numpy()[nonzero] / old[nonzero], step, rtol=1e-3)

@@ -30,7 +30,8 @@ class _ScaledBaseLR:
     Keras 3 optimizers call ``update_step(gradient, variable, learning_rate)``
     once per variable, so scaling the rate there gives discriminative learning
     rates for any optimizer (scaling gradients instead would be undone by
-    Adam's and RMSprop's normalisation).
+    Adam's and RMSprop's normalisation). AdamW's decoupled weight decay is
+    scaled the same way (``_apply_weight_decay``).
     """
 
     def __init__(self, *args, base_variables=(), backbone_lr_mult=1.0, **kwargs):
@@ -43,6 +44,27 @@ class _ScaledBaseLR:
         if id(variable) in self._base_ids:
             learning_rate = learning_rate * self._mult
         return super().update_step(gradient, variable, learning_rate)
+
+    def _apply_weight_decay(self, variables):
+        """Decoupled weight decay (AdamW) at ``lr * mult * wd`` for the base's variables.
+
+        Keras applies the decay outside ``update_step``, as
+        ``variable -= variable * weight_decay * self.learning_rate``, so the
+        scaled rate above would not reach it. The base's variables are decayed
+        by the backend's own code with ``weight_decay * mult`` (read when the
+        train step is traced), the others with ``weight_decay``.
+        """
+        if self.weight_decay is None or self._mult == 1.0:
+            return super()._apply_weight_decay(variables)
+        base = [v for v in variables if id(v) in self._base_ids]
+        rest = [v for v in variables if id(v) not in self._base_ids]
+        super()._apply_weight_decay(rest)
+        weight_decay = self.weight_decay
+        self.weight_decay = weight_decay * self._mult
+        try:
+            super()._apply_weight_decay(base)
+        finally:
+            self.weight_decay = weight_decay
 
 
 def build_optimizer(cfg, lr: float | None = None, base_variables=()):
