@@ -96,3 +96,18 @@ def test_local_weights_file_is_loaded(tmp_path):
     again = weights.build("mobilenetv3small", 32, weights=path)
     for a, b in zip(src.weights, again.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_backbone_yaml_comments_state_the_registry_figures():
+    """conf/backbone/<name>.yaml's first line states what the registry holds."""
+    import re
+
+    from conftest import ROOT
+
+    for name, s in BACKBONES.items():
+        line = (ROOT / "conf" / "backbone" / f"{name}.yaml").read_text().splitlines()[0]
+        m = re.search(r"keras\.applications\.(\w+): default input (\d+) px, minimum (\d+) px, "
+                      r"(\d+) layers without top", line)
+        assert m, line
+        assert (m[1], int(m[2]), int(m[3]), int(m[4])) == (
+            s.constructor, s.default_size, s.min_size, s.num_layers), name

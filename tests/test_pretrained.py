@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, TINY
 from transferlab import data
 from transferlab.data import synthetic
-from transferlab.models import basecopy, pretrained, registry, weights
+from transferlab.models import pretrained, registry, weights
 from transferlab.runner import job, tracking
 from transferlab.config import ConfigError
 from transferlab.runner.validate import validate
@@ -45,7 +45,7 @@ def source(tmp_path_factory, compose):
 
 def _source_base(src):
     _, loc = pretrained.resolve(f"run:{src['run_id']}", src["uri"])
-    return basecopy.base_of(pretrained.load_logged_model(src["uri"], loc))
+    return weights.base_of(pretrained.load_logged_model(src["uri"], loc))
 
 
 def _images(src, n=8):

@@ -144,10 +144,9 @@ def from_imagenet(backbone: str, weights: str | None = None) -> Predictor:
         PredictError: unknown backbone, missing file, a file that does not fit,
             the download failed.
     """
-    import keras
-
-    from transferlab.models import basecopy
     from transferlab.models import registry as backbones
+    from transferlab.models import weights as resolver
+    from transferlab.models.pretrained import PretrainedError
 
     try:
         s = backbones.spec(backbone)
@@ -155,20 +154,14 @@ def from_imagenet(backbone: str, weights: str | None = None) -> Predictor:
         raise PredictError(str(e.args[0])) from None
     if weights is not None and not os.path.isfile(weights):
         raise PredictError(f"--weights {weights}: no such file.")
-    ctor = getattr(keras.applications, s.constructor)
-    try:
-        model = ctor(include_top=True, weights=weights or "imagenet",
-                     input_shape=(s.default_size, s.default_size, 3))
-    except ValueError as e:
-        if weights is None:
-            raise
-        raise PredictError(str(basecopy.file_mismatch(backbone, weights, e, include_top=True))) from None
-    except Exception as e:  # Keras raises a bare Exception("URL fetch failure ...")
-        if weights is not None or "fetch failure" not in str(e).lower():
-            raise
+    try:  # Keras' ImageNet graph whatever the file's origin (see models/weights.py)
+        model = resolver.build(backbone, s.default_size, weights or "imagenet", include_top=True)
+    except PretrainedError as e:
+        raise PredictError(str(e)) from None
+    except backbones.WeightsUnavailable as e:
         cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
         raise PredictError(
-            f"Could not download the ImageNet weights of {backbone} with its top ({e}). "
+            f"Could not download the ImageNet weights of {backbone} with its top ({e.__cause__}). "
             f"Fix: --weights <file> (a Keras {s.constructor} weights file with the top, "
             f"include_top=True), or copy that file into {cache} on this machine.") from None
     classes = imagenet_classes()

@@ -100,6 +100,9 @@ class EpochBackup(keras.callbacks.Callback):
                              f"({len(arrays)} arrays for {len(variables)} variables)")
         for i, v in enumerate(variables):
             v.assign(arrays[i])
+        from transferlab.models.weights import finalize_states
+
+        finalize_states(model)  # assign() leaves Normalization on the statistics of its build
         return int(state["epoch"])
 
     def on_train_begin(self, logs=None):

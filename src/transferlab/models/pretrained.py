@@ -13,7 +13,7 @@ constructor):
 - ``<file>.keras``: a full model saved by Keras, either a transferlab
   classifier (its ``base`` layer) or a plain Keras application.
 
-This module names and finds the source; basecopy.py checks it is the same
+This module names and finds the source; ``models.weights`` checks it is the same
 application and copies its weights into the job's base.
 
 Parsing (``parse``/``kind``) is TensorFlow- and MLflow-free so

@@ -24,7 +24,10 @@ class BackboneSpec:
             itself: EfficientNet(V2), ConvNeXt, MobileNetV3).
         default_size: the input side length the ImageNet weights were trained at.
         min_size: the smallest input side Keras accepts.
-        num_layers: ``len(base.layers)`` with ``include_top=False``.
+        num_layers: ``len(base.layers)`` with ``include_top=False`` of the graph Keras
+            builds for its ImageNet weights (``models.weights.build`` builds that graph
+            for every weights source; EfficientNetB0-B7 have one layer more than with
+            ``weights=None``).
         block_regex: regex whose group 1 is a layer's block id (None where
             the layer names carry no blocks).
     """
@@ -52,7 +55,7 @@ _BLOCKS = {
     "inception_v3": None,  # conv2d_93, mixed10: no block names
 }
 
-# constructor, module, default size, min size, layers (include_top=False), block family
+# constructor, module, default size, min size, layers (include_top=False, ImageNet graph), block family
 _TABLE = [
     ("Xception", "xception", 299, 71, 132, "vgg"),
     ("VGG16", "vgg16", 224, 32, 19, "vgg"),
@@ -74,14 +77,14 @@ _TABLE = [
     ("DenseNet201", "densenet", 224, 32, 707, "resnet"),
     ("NASNetMobile", "nasnet", 224, 32, 769, "nasnet"),
     ("NASNetLarge", "nasnet", 331, 32, 1039, "nasnet"),
-    ("EfficientNetB0", "efficientnet", 224, 32, 237, "efficientnet"),
-    ("EfficientNetB1", "efficientnet", 240, 32, 339, "efficientnet"),
-    ("EfficientNetB2", "efficientnet", 260, 32, 339, "efficientnet"),
-    ("EfficientNetB3", "efficientnet", 300, 32, 384, "efficientnet"),
-    ("EfficientNetB4", "efficientnet", 380, 32, 474, "efficientnet"),
-    ("EfficientNetB5", "efficientnet", 456, 32, 576, "efficientnet"),
-    ("EfficientNetB6", "efficientnet", 528, 32, 666, "efficientnet"),
-    ("EfficientNetB7", "efficientnet", 600, 32, 813, "efficientnet"),
+    ("EfficientNetB0", "efficientnet", 224, 32, 238, "efficientnet"),
+    ("EfficientNetB1", "efficientnet", 240, 32, 340, "efficientnet"),
+    ("EfficientNetB2", "efficientnet", 260, 32, 340, "efficientnet"),
+    ("EfficientNetB3", "efficientnet", 300, 32, 385, "efficientnet"),
+    ("EfficientNetB4", "efficientnet", 380, 32, 475, "efficientnet"),
+    ("EfficientNetB5", "efficientnet", 456, 32, 577, "efficientnet"),
+    ("EfficientNetB6", "efficientnet", 528, 32, 667, "efficientnet"),
+    ("EfficientNetB7", "efficientnet", 600, 32, 814, "efficientnet"),
     ("EfficientNetV2B0", "efficientnet_v2", 224, 32, 270, "efficientnet"),
     ("EfficientNetV2B1", "efficientnet_v2", 240, 32, 334, "efficientnet"),
     ("EfficientNetV2B2", "efficientnet_v2", 260, 32, 349, "efficientnet"),

@@ -171,7 +171,8 @@ def _preflight(cfg: DictConfig) -> None:
 
     Builds the base (random init: 0.4-2.4 s from VGG19 to ConvNeXtXLarge on
     2 CPU cores; with a local weights file, that file, which must fit:
-    PretrainedError) and plans the freeze against its real layer names
+    PretrainedError), in Keras' ImageNet graph as every route builds it (so
+    the plan's layers are the job's), and plans the freeze against its real layer names
     (FreezeError: unknown layer, more blocks than the base has). ImageNet
     weights and run: specs are not fetched here: an offline machine still
     gets a FAILED run saying how to get them.
