@@ -248,3 +248,16 @@ def test_nasnet_cell_after_a_reduction_keeps_the_reduction_frozen():
     assert names.index("reduction_concat_reduce_8") in p.frozen_after
     assert p.first_trainable < min(p.frozen_after)
     assert not any(l.trainable for l in base.layers if l.name.endswith("reduce_8"))
+
+
+def test_every_block_of_a_base_is_counted():
+    """MobileNetV2's first block is named expanded_conv_*, not block_0_: with the names alone it
+    was no block, so freeze=last_blocks freeze.n=16 left it frozen under a 'whole base' reading."""
+    from transferlab.models import freeze as fz
+    from transferlab.models import registry, weights
+
+    expected = {"mobilenetv2": 17, "mobilenet": 13, "vgg16": 5, "resnet50": 16}
+    for name, n in expected.items():
+        base = weights.build(name, 32, None)
+        ids = fz.block_ids([l.name for l in base.layers], registry.spec(name).block_regex)
+        assert len({i for i in ids if i}) == n, name

@@ -46,7 +46,7 @@ _BLOCKS = {
     "vgg": r"^(block\d+)_",  # block5_conv1
     "resnet": r"^(conv\d+_block\d+)_",  # conv5_block3_1_conv (ResNet, ResNetV2, DenseNet)
     "mobilenet": r"^conv_(?:dw|pw)_(\d+)",  # conv_dw_13, conv_pw_13_bn
-    "mobilenet_v2": r"^(block_\d+)_",  # block_16_expand
+    "mobilenet_v2": r"^(block_\d+|expanded_conv)_",  # block_16_expand; the first block: expanded_conv_project
     "mobilenet_v3": r"^(expanded_conv(?:_\d+)?)_",  # expanded_conv_10_add
     "efficientnet": r"^(block\d+[a-z])_",  # block7a_project_conv
     "inception_resnet_v2": r"^(block(?:35|17|8)_\d+)(?:_|$)",  # block8_10_conv
