@@ -1,4 +1,4 @@
-"""The ``transferlab`` command line: ``run``, ``report`` and ``predict``.
+"""The ``transferlab`` command line: ``run``, ``report``, ``predict`` and ``bench``.
 
 ``transferlab run [-m] key=value ...`` is ``python run.py [-m] key=value ...``
 (every Hydra flag included), for an installed package with no checkout.
@@ -112,6 +112,45 @@ def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return predict.run(predictor, args.images, args.top, sys.stdout, sys.stderr)
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="the Keras applications table measured on this machine",
+        description="Builds each backbone as Keras' table counts it (include_top=True, 1000 "
+                    "classes, weights=None: nothing downloaded) and measures Size (MB), "
+                    "Parameters, Depth (layers with parameters), Time (ms) per inference step "
+                    "(GPU when TensorFlow sees one, else CPU) and images/s, beside Keras' "
+                    "published figures and the ratio to them. Keras' method: warm-up, then the "
+                    "mean of 10 repetitions of 30 batches of 32 images. Writes bench.csv and "
+                    "bench.md under --out.")
+    p.add_argument("--backbones", required=True, metavar="A,B|lecture|all",
+                   help="comma-separated registry names (vgg19,resnet50,mobilenetv2), 'lecture' "
+                        "(the lecture's 17 rows) or 'all' (the whole registry, with a progress bar)")
+    p.add_argument("--batch", type=int, default=32, help="images per inference step (default 32)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="input side in pixels for every backbone (default: each one's own; "
+                        "VGG's parameters then differ from Keras' table)")
+    p.add_argument("--batches", type=int, default=30, metavar="N",
+                   help="timed steps per repetition (default 30, as Keras)")
+    p.add_argument("--repeats", type=int, default=10, metavar="N",
+                   help="repetitions (default 10, as Keras; fewer for speed)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed steps first (default 1)")
+    p.add_argument("--out", default="bench", metavar="DIR", help="output folder (default ./bench)")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from transferlab import bench
+
+    try:
+        return bench.main(args)
+    except bench.BenchError as exc:
+        print(f"transferlab bench: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferlab",
@@ -121,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     _add_report(sub)
     _add_predict(sub)
+    _add_bench(sub)
     return parser
 
 
