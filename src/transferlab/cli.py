@@ -1,4 +1,4 @@
-"""The ``transferlab`` command line: ``run``, ``report``, ``predict`` and ``bench``.
+"""The ``transferlab`` command line: ``run``, ``report``, ``predict``, ``bench`` and ``export``.
 
 ``transferlab run [-m] key=value ...`` is ``python run.py [-m] key=value ...``
 (every Hydra flag included), for an installed package with no checkout.
@@ -58,7 +58,8 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="classify images with a trained run's model or an ImageNet head",
         description="Classify image files: with the model a job logged (--run; the job "
-                    "needs tracking.log_model=true; class names from its classes.json), or "
+                    "needs tracking.log_model=true; class names from its classes.json), with "
+                    "a model `transferlab export` wrote (--model), or "
                     "with a Keras application's ImageNet head (--backbone; 1000 ImageNet "
                     "classes). Prints one line per image: the top class and its probability, "
                     "then the top-K list. Unreadable images are reported and skipped (exit 1).")
@@ -69,6 +70,9 @@ def _add_predict(sub) -> None:
     which.add_argument("--run", metavar="ID",
                        help="MLflow run id of a job logged with tracking.log_model=true, or "
                             "latest:<experiment> (its newest FINISHED job run with a model)")
+    which.add_argument("--model", metavar="PATH",
+                       help="a model written by `transferlab export`: its --out folder, the "
+                            ".tflite / .onnx file or the SavedModel folder (classes.json beside it)")
     which.add_argument("--backbone", metavar="NAME",
                        help="a Keras application (vgg19, resnet50, mobilenetv3small, ...) with "
                             "its ImageNet head")
@@ -102,6 +106,8 @@ def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             except ReportError as e:
                 raise predict.PredictError(str(e)) from None
             predictor = predict.from_run(uri, args.run)
+        elif args.model:
+            predictor = predict.from_export(args.model)
         else:
             predictor = predict.from_imagenet(args.backbone, args.weights)
     except predict.PredictError as exc:
@@ -151,6 +157,53 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a run's trained classifier (SavedModel, TFLite, ONNX) and check it",
+        description="Writes the model a job logged (tracking.log_model=true) as a SavedModel, "
+                    "TFLite or ONNX model under --out (with classes.json and export.json), then "
+                    "checks it on the run's test split: its accuracy beside the run's test_acc, "
+                    "agreement with the Keras model (float formats: same predictions, "
+                    "probabilities within 1e-4, else exit 1), size and latency; all logged on "
+                    "the run (metrics export.<format>.*, artifacts export/<format>/).")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+                        "project's store sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--run", required=True, metavar="ID",
+                   help="MLflow run id of a job logged with tracking.log_model=true, or "
+                        "latest:<experiment>")
+    p.add_argument("--format", required=True, choices=["saved_model", "tflite", "onnx"])
+    p.add_argument("--quantize", choices=["float16", "int8"],
+                   help="with --format tflite: float16 weights, or int8 ops calibrated on the "
+                        "run's training images (the accuracy drop is reported)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--batches", type=int, default=10, metavar="N",
+                   help="latency: timed steps per repetition (default 10)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="latency: repetitions (default 3)")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.quantize and args.format != "tflite":
+        parser.error(f"export: --quantize {args.quantize} goes with --format tflite")
+    if args.batches < 1 or args.repeats < 1:
+        parser.error("export: --batches and --repeats must be >= 1")
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from transferlab import export
+    from transferlab.data import DataError
+    from transferlab.report import ReportError
+    from transferlab.report.build import resolve_tracking_uri
+
+    try:
+        return export.main(args, resolve_tracking_uri(args.tracking_uri))
+    except (export.ExportError, DataError, ReportError) as exc:
+        print(f"transferlab export: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferlab",
@@ -161,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_predict(sub)
     _add_bench(sub)
+    _add_export(sub)
     return parser
 
 
