@@ -12,7 +12,7 @@ from conftest import ROOT, TINY
 
 PER_EPOCH = ("acc", "val_acc", "loss", "val_loss")
 FINAL = ("test_acc", "test_loss", "params_total", "params_trainable", "train_seconds",
-         "train_images_per_s")
+         "train_images_per_s", "infer_ms_per_image_b1", "infer_ms_per_step_b32", "model_size_mb")
 ARTIFACTS = {"config.yaml", "curves.png", "confusion_matrix.png", "test_predictions.csv",
              "model_summary.txt", "classes.json"}
 

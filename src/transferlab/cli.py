@@ -1,4 +1,4 @@
-"""The ``transferlab`` command line: ``run``, ``report`` and ``predict``.
+"""The ``transferlab`` command line: ``run``, ``report``, ``predict``, ``bench`` and ``export``.
 
 ``transferlab run [-m] key=value ...`` is ``python run.py [-m] key=value ...``
 (every Hydra flag included), for an installed package with no checkout.
@@ -58,7 +58,8 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="classify images with a trained run's model or an ImageNet head",
         description="Classify image files: with the model a job logged (--run; the job "
-                    "needs tracking.log_model=true; class names from its classes.json), or "
+                    "needs tracking.log_model=true; class names from its classes.json), with "
+                    "a model `transferlab export` wrote (--model), or "
                     "with a Keras application's ImageNet head (--backbone; 1000 ImageNet "
                     "classes). Prints one line per image: the top class and its probability, "
                     "then the top-K list. Unreadable images are reported and skipped (exit 1).")
@@ -69,6 +70,9 @@ def _add_predict(sub) -> None:
     which.add_argument("--run", metavar="ID",
                        help="MLflow run id of a job logged with tracking.log_model=true, or "
                             "latest:<experiment> (its newest FINISHED job run with a model)")
+    which.add_argument("--model", metavar="PATH",
+                       help="a model written by `transferlab export`: its --out folder, the "
+                            ".tflite / .onnx file or the SavedModel folder (classes.json beside it)")
     which.add_argument("--backbone", metavar="NAME",
                        help="a Keras application (vgg19, resnet50, mobilenetv3small, ...) with "
                             "its ImageNet head")
@@ -102,6 +106,8 @@ def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             except ReportError as e:
                 raise predict.PredictError(str(e)) from None
             predictor = predict.from_run(uri, args.run)
+        elif args.model:
+            predictor = predict.from_export(args.model)
         else:
             predictor = predict.from_imagenet(args.backbone, args.weights)
     except predict.PredictError as exc:
@@ -110,6 +116,92 @@ def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for note in predictor.notes:
         print(f"[transferlab] {note}", file=sys.stderr)
     return predict.run(predictor, args.images, args.top, sys.stdout, sys.stderr)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="the Keras applications table measured on this machine",
+        description="Builds each backbone as Keras' table counts it (include_top=True, 1000 "
+                    "classes, weights=None: nothing downloaded) and measures Size (MB), "
+                    "Parameters, Depth (layers with parameters), Time (ms) per inference step "
+                    "(GPU when TensorFlow sees one, else CPU) and images/s, beside Keras' "
+                    "published figures and the ratio to them. Keras' method: warm-up, then the "
+                    "mean of 10 repetitions of 30 batches of 32 images. Writes bench.csv and "
+                    "bench.md under --out.")
+    p.add_argument("--backbones", required=True, metavar="A,B|lecture|all",
+                   help="comma-separated registry names (vgg19,resnet50,mobilenetv2), 'lecture' "
+                        "(the lecture's 17 rows) or 'all' (the whole registry, with a progress bar)")
+    p.add_argument("--batch", type=int, default=32, help="images per inference step (default 32)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="input side in pixels for every backbone (default: each one's own; "
+                        "VGG's parameters then differ from Keras' table)")
+    p.add_argument("--batches", type=int, default=30, metavar="N",
+                   help="timed steps per repetition (default 30, as Keras)")
+    p.add_argument("--repeats", type=int, default=10, metavar="N",
+                   help="repetitions (default 10, as Keras; fewer for speed)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed steps first (default 1)")
+    p.add_argument("--out", default="bench", metavar="DIR", help="output folder (default ./bench)")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from transferlab import bench
+
+    try:
+        return bench.main(args)
+    except bench.BenchError as exc:
+        print(f"transferlab bench: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a run's trained classifier (SavedModel, TFLite, ONNX) and check it",
+        description="Writes the model a job logged (tracking.log_model=true) as a SavedModel, "
+                    "TFLite or ONNX model under --out (with classes.json and export.json), then "
+                    "checks it on the run's test split: its accuracy beside the run's test_acc, "
+                    "agreement with the Keras model (float formats: same predictions, "
+                    "probabilities within 1e-4, else exit 1), size and latency; all logged on "
+                    "the run (metrics export.<format>.*, artifacts export/<format>/).")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+                        "project's store sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--run", required=True, metavar="ID",
+                   help="MLflow run id of a job logged with tracking.log_model=true, or "
+                        "latest:<experiment>")
+    p.add_argument("--format", required=True, choices=["saved_model", "tflite", "onnx"])
+    p.add_argument("--quantize", choices=["float16", "int8"],
+                   help="with --format tflite: float16 weights, or int8 ops calibrated on the "
+                        "run's training images (the accuracy drop is reported)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--batches", type=int, default=10, metavar="N",
+                   help="latency: timed steps per repetition (default 10)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="latency: repetitions (default 3)")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.quantize and args.format != "tflite":
+        parser.error(f"export: --quantize {args.quantize} goes with --format tflite")
+    if args.batches < 1 or args.repeats < 1:
+        parser.error("export: --batches and --repeats must be >= 1")
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from transferlab import export
+    from transferlab.data import DataError
+    from transferlab.report import ReportError
+    from transferlab.report.build import resolve_tracking_uri
+
+    try:
+        return export.main(args, resolve_tracking_uri(args.tracking_uri))
+    except (export.ExportError, DataError, ReportError) as exc:
+        print(f"transferlab export: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     _add_report(sub)
     _add_predict(sub)
+    _add_bench(sub)
+    _add_export(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""``transferlab predict``: classify image files with a trained run's model or an ImageNet head.
+"""``transferlab predict``: classify image files with a trained run's model, an exported
+model (``--model``, see export.py) or an ImageNet head.
 
 Images are loaded the way training loads them (``data._decode``: RGB, bilinear
 resize to the model's input size, float 0-255, no /255): a job's model
@@ -172,6 +173,29 @@ def from_imagenet(backbone: str, weights: str | None = None) -> Predictor:
     source = weights or "imagenet"
     return Predictor(model, [n for _, n in classes], size, preprocess=backbones.preprocess_fn(backbone),
                      source=source, notes=[f"{backbone} @{size}px, ImageNet head, weights {source}"])
+
+
+def from_export(path) -> Predictor:
+    """A model written by ``transferlab export`` (SavedModel folder, ``.tflite`` or ``.onnx``).
+
+    Args:
+        path: the export folder (``--out``) or the model file / SavedModel folder in it;
+            class names come from the ``classes.json`` written beside it.
+
+    Raises:
+        PredictError: nothing exported there, several models, no or
+            inconsistent ``classes.json``.
+    """
+    from transferlab import exported
+
+    try:
+        model, names, meta = exported.load(path)
+    except exported.ExportedError as e:
+        raise PredictError(str(e)) from None
+    size, outputs = int(model.input_shape[1]), int(model.output_shape[-1])
+    src = f"{model.fmt} {model.path}" + (f" (run {meta['run_id']})" if meta.get("run_id") else "")
+    return Predictor(model, names, size, source=src, binary=outputs == 1,
+                     notes=[f"{src}: @{size}px, classes {', '.join(names)}"])
 
 
 def format_line(path: str, probs: np.ndarray, names: list[str], top: int) -> str:

@@ -152,6 +152,12 @@ class RuntimeConf:
     jit_compile: Optional[bool] = None  # null: Keras decides (XLA on GPU, never on CPU)
     # "mirrored": tf.distribute.MirroredStrategy over the local GPUs (CPU if none).
     strategy: str = "default"
+    # After training, the classifier's inference time is measured warm on this machine
+    # (metrics infer_ms_per_image_b1, infer_ms_per_step_b32, model_size_mb; engine/latency.py):
+    # `latency_repeats` repetitions of `latency_batches` timed steps each, at batch 1 and 32.
+    # 0 repetitions: not measured.
+    latency_repeats: int = 3
+    latency_batches: int = 5
 
 
 @dataclass

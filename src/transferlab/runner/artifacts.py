@@ -63,9 +63,15 @@ def log_model(model, splits, uri: str, run_id: str) -> None:
     signature = ModelSignature(  # not input_example=: mlflow 3.17's keras flavour crashes (mlflow#16183)
         inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *example.shape[1:]), "image")]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *out.shape[1:]))]))
+    # Named, not inferred: MLflow's inference loads the model in a subprocess (~8 s per job on
+    # 2 cores) and, for these models, fails and falls back to keras alone anyway.
+    import keras
+    import tensorflow as tf
+
+    requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"]
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):  # closing the block ends the run; job.run sets its final status
-        mlflow.keras.log_model(model, name="model", signature=signature)
+        mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
 
 
 def write_predictions(path: Path, paths, true, pred, probs) -> None:

@@ -48,7 +48,7 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     """Loads the data, builds, trains and scores one job, logging to ``run_id``."""
     from mlflow.entities import Metric
 
-    from transferlab.engine import train
+    from transferlab.engine import latency, train
     from transferlab.engine.evaluate import test_scores
     from transferlab.models import registry
     from transferlab.models.build import build_model, calibrate_batchnorm, param_counts, speed_switches
@@ -103,6 +103,9 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
         metrics["phase1_params_trainable"] = fit.trainable[0]
     if fit.best_epoch is not None:
         metrics["best_epoch"] = fit.best_epoch
+    if cfg.runtime.latency_repeats:  # deployment cost of the trained classifier, warm, this machine
+        metrics.update(latency.inference_metrics(model, cfg.runtime.latency_repeats,
+                                                 cfg.runtime.latency_batches))
     metrics.update(artifacts.log_run_artifacts(cfg, model, splits, scores, c, run_id, plan.description))
     if cfg.tracking.log_model:
         artifacts.log_model(model, splits, uri, run_id)

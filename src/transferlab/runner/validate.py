@@ -83,6 +83,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.epochs must be >= 1, got {cfg.trainer.epochs}.")
     if cfg.runtime.jobs_per_process < 1:
         raise ConfigError(f"runtime.jobs_per_process must be >= 1, got {cfg.runtime.jobs_per_process}.")
+    if cfg.runtime.latency_repeats < 0 or cfg.runtime.latency_batches < 1:
+        raise ConfigError(
+            f"runtime.latency_repeats must be >= 0 (0: no latency measured) and runtime.latency_batches "
+            f">= 1, got {cfg.runtime.latency_repeats} and {cfg.runtime.latency_batches}.")
     _validate_speed(cfg)
     if cfg.trainer.batch_size < 1:
         raise ConfigError(f"trainer.batch_size must be >= 1, got {cfg.trainer.batch_size}.")
