@@ -8,11 +8,12 @@ import keras
 from mlflow.entities import Metric
 
 # Keras log names -> the names in the MLflow record (design.md).
-METRIC_NAMES = {"accuracy": "acc", "val_accuracy": "val_acc", "loss": "loss", "val_loss": "val_loss"}
+METRIC_NAMES = {"accuracy": "acc", "val_accuracy": "val_acc", "loss": "loss", "val_loss": "val_loss",
+                "balanced_accuracy": "balanced_acc", "val_balanced_accuracy": "val_balanced_acc"}
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs acc/val_acc/loss/val_loss, the learning rate and the phase per epoch.
+    """Logs acc/val_acc/loss/val_loss, (val_)balanced_acc, the learning rate and the phase per epoch.
 
     Args:
         client: an ``mlflow.MlflowClient``.
