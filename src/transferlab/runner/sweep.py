@@ -133,7 +133,8 @@ class SweepCallback(Callback):
                   f"[{r.data.tags.get('hydra_overrides', '')}]: {r.data.tags.get('error', '')[:300]}")
         print(f"[transferlab] MLflow store: {uri}")
         print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")
-        report = self._report(c, uri, Path(config.hydra.sweep.dir) / "report")
+        report = self._report(c, uri, Path(config.hydra.sweep.dir) / "report",
+                              metric=cfg.get("report", {}).get("metric"))
         LAST_SWEEP.clear()
         LAST_SWEEP.update(parent_run_id=self.parent_run_id, tracking_uri=uri, report=report)
         for k in (tracking.ENV_PARENT, tracking.ENV_SWEEP, "TRANSFERLAB_ROOT"):
@@ -144,12 +145,12 @@ class SweepCallback(Callback):
         if failed or lost:
             sys.exit(1)
 
-    def _report(self, c, uri: str, out: Path) -> str | None:
+    def _report(self, c, uri: str, out: Path, metric: str | None = None) -> str | None:
         """The sweep's comparison report: files in the sweep folder, artifacts on the parent."""
         from transferlab.report import log_report_artifacts, write_report
 
         try:
-            paths = write_report(uri, out, run_ids=[self.parent_run_id])
+            paths = write_report(uri, out, run_ids=[self.parent_run_id], metric=metric)
             log_report_artifacts(c, self.parent_run_id, paths)
         except Exception as e:  # the runs are safe in MLflow; `transferlab report` can retry
             print(f"[transferlab] report failed: {type(e).__name__}: {e}. Retry with: "
