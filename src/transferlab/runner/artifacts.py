@@ -43,7 +43,10 @@ def log_run_artifacts(cfg, model, splits, scores: TestScores, c, run_id: str, fr
                      boundary=cfg.trainer.warmup_epochs or None)
         plots.confusion(true, pred, splits.class_names, t / "confusion_matrix.png")
         c.log_artifacts(run_id, str(t))
-    return {"test_images": len(true), **extra.test_metrics(true, pred, probs)}
+    from transferlab.runner import reference
+
+    return {"test_images": len(true), **extra.test_metrics(true, pred, probs),
+            **reference.for_job(cfg, splits, hist, scores.loss, c, run_id)}
 
 
 def history(c, run_id: str, mlflow_names: bool = False) -> dict[str, list[float]]:
