@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from transferlab.report import plots, render, selection
+from transferlab.report import confusion, fonts, plots, render, selection
 from transferlab.report.collect import ROLE_TAG, ReportError, load_runs, select_runs
 from transferlab.report.flags import run_flags
 from transferlab.report.metric import check_metric
@@ -52,6 +52,12 @@ def _title(experiment, sweep_id, filter_string, run_ids, *, sweeps=(),
     if experiment and not filter_string:
         return f"Experiment {experiment}", selection
     return f"Selected runs{exp}", selection
+
+
+def _unnamed(records) -> list[tuple[int, str]]:
+    """(index, name) of class names no installed font draws: the figures show ``#index``."""
+    names = next((r.classes for r in records if r.classes), None) or []
+    return [(i, names[i]) for i in fonts.labels(names)[1]]
 
 
 def _experiment_names(client: MlflowClient, ids) -> list[str]:
@@ -101,6 +107,7 @@ def build_context(client: MlflowClient, *, experiment=None, sweep_id=None, filte
         n_runs=len(records), statuses=sorted(statuses.items()), table=table,
         constant=sorted(table.constant.items()), matrices=table.matrices,
         comparisons=comparisons, no_baseline=no_baseline, figures=plots.all_figures(table),
+        confusion_tables=confusion.config_tables(table), classes_by_index=_unnamed(records),
         leaderboard=leaderboard, incomplete=incomplete, ui_url=ui_url,
         experiments=sorted({r.experiment_id for r in records}),
     )
