@@ -76,7 +76,7 @@ def _job_ids(store):
 
 
 def test_writes_three_files(sweep_report):
-    assert set(sweep_report) == {"html", "md", "csv"}
+    assert set(sweep_report) == {"html", "md", "csv", "json"}   # + summary.json, the answer
     for p in sweep_report.values():
         assert Path(p).is_file() and Path(p).stat().st_size > 0
     html = Path(sweep_report["html"]).read_text()
@@ -277,7 +277,8 @@ def test_log_report_artifacts(store, sweep_report):
     client = MlflowClient(tracking_uri=store.uri)
     log_report_artifacts(client, store.parent_run_id, sweep_report)
     names = {f.path for f in client.list_artifacts(store.parent_run_id, "report")}
-    assert names == {"report/report.html", "report/report.md", "report/leaderboard.csv"}
+    assert names == {"report/report.html", "report/report.md", "report/leaderboard.csv",
+                     "report/summary.json"}
 
 
 def _rec(i, backbone, freeze, lr, seed, acc, status="FINISHED", **extra):

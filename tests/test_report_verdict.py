@@ -233,3 +233,20 @@ def test_flags_rules():
     assert flags([0.7, float("nan")], [], [], None)[0].startswith("diverged (non-finite")
     assert flags([0.5, 0.9], [], [], None)[0].startswith("diverged (training loss grew")
     assert flags([0.5, 0.52], [], [], None) == []                      # noise, not growth
+
+
+def test_sweep_parent_run_gets_the_answer(val_vs_test, tmp_path):
+    from transferlab.runner.sweep import summarize_parent
+
+    c = MlflowClient(val_vs_test)
+    exp = c.get_experiment_by_name("valtest").experiment_id
+    parent = c.create_run(exp, tags={"transferlab.role": "sweep", "sweep_id": "vt"}).info.run_id
+    paths = write_report(val_vs_test, tmp_path, sweep_id="vt")
+    line = summarize_parent(c, parent, paths["json"], str(paths["html"]))
+    assert line.startswith("chosen on validation: freeze=last4 (val_acc 0.900, 1 seed(s))")
+    run = c.get_run(parent).data
+    assert run.metrics["best_val_acc"] == pytest.approx(0.9)
+    assert run.metrics["chosen_test_acc"] == pytest.approx(30 / 40)
+    assert run.tags["chosen_config"] == "freeze=last4"
+    assert run.tags["report"] == str(paths["html"])
+    assert "freeze: last4 vs all" in run.tags["mlflow.note.content"]

@@ -151,7 +151,8 @@ def write_report(tracking_uri: str | None, out_dir: str | os.PathLike, *,
             (default: ``freeze=all``, else the best by ``metric``).
 
     Returns:
-        ``{"html": Path, "md": Path, "csv": Path}``.
+        ``{"html": Path, "md": Path, "csv": Path, "json": Path}`` (``summary.json``:
+        the chosen configuration, its estimate and the verdicts as data).
 
     Raises:
         ReportError: the selection matches no run or cannot be read; ``metric`` is not
@@ -170,6 +171,6 @@ def write_report(tracking_uri: str | None, out_dir: str | os.PathLike, *,
 def log_report_artifacts(client: MlflowClient, parent_run_id: str, paths: dict,
                          artifact_path: str = "report") -> None:
     """Logs the report files as artifacts of ``parent_run_id`` under ``artifact_path``."""
-    for key in ("html", "md", "csv"):
+    for key in ("html", "md", "csv", "json"):
         if key in paths:
             client.log_artifact(parent_run_id, str(paths[key]), artifact_path)

@@ -29,6 +29,7 @@ HISTORY_KEYS = ("acc", "val_acc", "loss", "val_loss", "phase", "val_balanced_acc
 PREDICTIONS = "test_predictions.csv"
 CLASSES = "classes.json"
 _PAGE = 1000
+_PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class ReportError(ValueError):
@@ -274,7 +275,16 @@ def load_runs(client: MlflowClient, runs: list[Run], workdir: str | os.PathLike,
     """
     workdir = Path(workdir)
     keys = tuple(dict.fromkeys(HISTORY_KEYS + tuple(history)))
-    if len(runs) < 4 or workers <= 1:
-        return [_load_one(client, r, workdir, keys) for r in runs]
-    with ThreadPoolExecutor(max_workers=min(workers, len(runs))) as pool:
-        return list(pool.map(lambda r: _load_one(client, r, workdir, keys), runs))
+    # MLflow draws a progress bar per artifact: two per run, a screenful per sweep report
+    before = os.environ.get(_PROGRESS)
+    os.environ[_PROGRESS] = "false"
+    try:
+        if len(runs) < 4 or workers <= 1:
+            return [_load_one(client, r, workdir, keys) for r in runs]
+        with ThreadPoolExecutor(max_workers=min(workers, len(runs))) as pool:
+            return list(pool.map(lambda r: _load_one(client, r, workdir, keys), runs))
+    finally:
+        if before is None:
+            os.environ.pop(_PROGRESS, None)
+        else:
+            os.environ[_PROGRESS] = before

@@ -37,6 +37,7 @@ class Selection:
     interval: tuple[float, float] | None = None
     interval_kind: str = ""
     note: str = ""
+    flags: list[str] = field(default_factory=list)  # of the chosen configuration's runs
 
 
 def choose(table: Table) -> Selection:
@@ -55,6 +56,7 @@ def choose(table: Table) -> Selection:
     for m in ESTIMATES:
         if (stat := best.stat(m)) is not None:
             sel.estimates[m] = stat
+    sel.flags = sorted({f"{r.name}: {f}" for r in best.runs for f in table.flags.get(r.run_id, [])})
     ties = [c for c in ranked[1:] if c.score == best.score]
     if ties:
         sel.note = (f"tied on {table.metric} with {len(ties)} other configuration(s) "

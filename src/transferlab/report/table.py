@@ -223,7 +223,8 @@ def build_table(records: list[RunRecord], rows: str | None = None,
     swept = [k for k in LABELS if len(values.get(k, ())) > 1]
     swept += [k for k in keys if k not in LABELS and len(values[k]) > 1
               and not any(k == e or k.startswith(e + ".") for e in NON_RESULT_KEYS)]
-    constant = {k: next(iter(values[k])) for k in keys if len(values[k]) == 1}
+    constant = {k: next(iter(values[k])) for k in keys if len(values[k]) == 1
+                and not any(k == e or k.startswith(e + ".") for e in NON_RESULT_KEYS)}
     if constant.get("dataset.name", "synthetic") != "synthetic":  # meaningless for a folder
         constant = {k: v for k, v in constant.items() if k not in SYNTHETIC_ONLY_KEYS}
     axes = axes_of(swept, rows_f)

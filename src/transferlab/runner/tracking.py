@@ -21,6 +21,7 @@ from transferlab.models.freeze import freeze_label
 # or child processes of joblib / submitit) read it back.
 ENV_PARENT = "TRANSFERLAB_PARENT_RUN_ID"
 ENV_SWEEP = "TRANSFERLAB_SWEEP_ID"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 def tracking_uri(cfg: DictConfig) -> str:
     """``tracking.uri`` or the default SQLite store under ``<root>/mlruns``."""
@@ -99,9 +100,14 @@ def ensure_experiment(cfg: DictConfig) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
+        if EXPERIMENT_KIND not in exp.tags:  # created before transferlab set it
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
         return exp.experiment_id
     try:
-        return c.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root(cfg))
+        # the MLflow UI opens a "custom model development" experiment on its runs and their
+        # training charts (not on traces, which transferlab does not log)
+        return c.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root(cfg),
+                                   tags={EXPERIMENT_KIND: "custom_model_development"})
     except Exception:  # created meanwhile by another process (mlflow issue 4123)
         exp = c.get_experiment_by_name(cfg.tracking.experiment)
         if exp is None:
