@@ -67,3 +67,7 @@ def test_job_logs_balanced_scores_references_and_the_majority_flag(tmp_path):
     assert 0 <= m["ref_logreg_test_acc"] <= 1 and "ref_logreg_test_balanced_acc" in m
     # it never beat the majority rate on validation: flagged
     assert NEVER_BEAT in run.data.tags["flags"]
+    # the error gallery and Grad-CAM need the model: drawn in the job
+    assert "gallery" not in run.data.tags, run.data.tags.get("gallery")
+    names = {a.path for a in c.list_artifacts(result.run_id)}
+    assert {"error_gallery.png", "gradcam.png", "per_class_metrics.csv"} <= names

@@ -292,3 +292,62 @@ def test_report_renders_in_headless_chromium(store, tmp_path):
     assert evil_problems == [], evil_problems
     assert evil_facts["scripts"] == 0
     assert fx.EVIL_NAME in evil_facts["text"] and fx.EVIL_BACKBONE in evil_facts["text"]
+
+
+def _wait_for(browser, sid, js: str, timeout: float):
+    """Polls ``js`` (an expression) in the page until it is truthy; returns its value."""
+    deadline, value = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        res = browser.send("Runtime.evaluate", {"expression": js, "returnByValue": True},
+                           session=sid)
+        value = res.get("result", {}).get("value")
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(f"{js!r} still falsy after {timeout} s (last: {value!r})")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="needs headless Chromium at /usr/bin/chromium "
+                           "(apt-get install -y chromium)")
+def test_mlflow_runs_view_lands_on_the_runs_with_curve_charts(store, mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+    from omegaconf import OmegaConf
+
+    from transferlab.runner import tracking
+
+    cfg = OmegaConf.create({"tracking": {"uri": store.uri, "experiment": fx.EXPERIMENT,
+                                         "artifact_root": None}, "root_dir": str(tmp_path)})
+    exp_id = tracking.ensure_experiment(cfg)   # transferlab's own: tags the experiment's kind
+    kind = MlflowClient(store.uri).get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND]
+    assert kind == "custom_model_development"
+    run_name = "vgg19-last4-lr1e-05-s1"
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        browser = PipeBrowser(Path(profile))
+        try:
+            browser.send("Browser.getVersion", timeout=60)
+            target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            sid = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+                "sessionId"]
+            browser.send("Runtime.enable", session=sid)
+            browser.send("Page.enable", session=sid)
+            browser.send("Page.navigate", {"url": f"{mlflow_server}/#/experiments/{exp_id}"},
+                         session=sid)
+            # the experiment opens on its runs (not on traces): the jobs are listed
+            _wait_for(browser, sid, f"document.body.innerText.includes({run_name!r})", 90)
+            where = _wait_for(browser, sid, "location.hash", 5)
+            assert "/traces" not in where, where
+            browser.send("Page.navigate", {"url": f"{mlflow_server}/#/experiments/{exp_id}"
+                                                  "/runs?compareRunsMode=CHART"}, session=sid)
+            charts = _wait_for(browser, sid, "document.querySelectorAll("
+                               "'.js-plotly-plot, svg.main-svg').length", 90)
+            text = _wait_for(browser, sid, "document.body.innerText.includes('val_acc') && "
+                             "document.body.innerText", 30)
+            shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=sid)
+        finally:
+            browser.close()
+    assert charts >= 1
+    assert "val_loss" in text and run_name in text
+    std, non_white = _not_blank(base64.b64decode(shot["data"]))
+    assert std > 0.02 and non_white > 0.01, (std, non_white)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from transferlab.report import confusion, fonts, plots, render, selection
+from transferlab.report import confusion, fonts, gallery, plots, render, selection
 from transferlab.report.collect import ROLE_TAG, ReportError, load_runs, select_runs
 from transferlab.report.flags import run_flags
 from transferlab.report.metric import check_metric
@@ -108,6 +108,7 @@ def build_context(client: MlflowClient, *, experiment=None, sweep_id=None, filte
         constant=sorted(table.constant.items()), matrices=table.matrices,
         comparisons=comparisons, no_baseline=no_baseline, figures=plots.all_figures(table),
         confusion_tables=confusion.config_tables(table), classes_by_index=_unnamed(records),
+        gallery=gallery.figures(client, table, chosen.chosen),
         leaderboard=leaderboard, incomplete=incomplete, ui_url=ui_url,
         experiments=sorted({r.experiment_id for r in records}),
     )

@@ -13,6 +13,7 @@ import csv
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,14 +276,20 @@ def load_runs(client: MlflowClient, runs: list[Run], workdir: str | os.PathLike,
     """
     workdir = Path(workdir)
     keys = tuple(dict.fromkeys(HISTORY_KEYS + tuple(history)))
-    # MLflow draws a progress bar per artifact: two per run, a screenful per sweep report
-    before = os.environ.get(_PROGRESS)
-    os.environ[_PROGRESS] = "false"
-    try:
+    with quiet_downloads():
         if len(runs) < 4 or workers <= 1:
             return [_load_one(client, r, workdir, keys) for r in runs]
         with ThreadPoolExecutor(max_workers=min(workers, len(runs))) as pool:
             return list(pool.map(lambda r: _load_one(client, r, workdir, keys), runs))
+
+
+@contextmanager
+def quiet_downloads():
+    """No MLflow progress bar per downloaded artifact (a screenful per sweep report)."""
+    before = os.environ.get(_PROGRESS)
+    os.environ[_PROGRESS] = "false"
+    try:
+        yield
     finally:
         if before is None:
             os.environ.pop(_PROGRESS, None)

@@ -42,6 +42,12 @@ def log_run_artifacts(cfg, model, splits, scores: TestScores, c, run_id: str, fr
         plots.curves(hist, t / "curves.png", title=tracking.run_name(cfg),
                      boundary=cfg.trainer.warmup_epochs or None)
         plots.confusion(true, pred, splits.class_names, t / "confusion_matrix.png")
+        try:  # error gallery + Grad-CAM: need the model, so drawn here; never fail the job
+            from transferlab.runner import gallery
+
+            gallery.write(model, splits, true, pred, probs, t)
+        except Exception as e:
+            c.set_tag(run_id, "gallery", f"not drawn: {type(e).__name__}: {e}"[:500])
         c.log_artifacts(run_id, str(t))
     from transferlab.runner import reference
 
