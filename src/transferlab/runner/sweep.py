@@ -133,6 +133,8 @@ class SweepCallback(Callback):
                   f"[{r.data.tags.get('hydra_overrides', '')}]: {r.data.tags.get('error', '')[:300]}")
         print(f"[transferlab] MLflow store: {uri}")
         print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")
+        print(f"[transferlab] then the jobs and their curves: "
+              f"{tracking.runs_view_url(uri, parent.info.experiment_id)}")
         report = self._report(c, uri, Path(config.hydra.sweep.dir) / "report",
                               metric=cfg.get("report", {}).get("metric"))
         LAST_SWEEP.clear()

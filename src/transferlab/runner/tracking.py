@@ -81,6 +81,22 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+def runs_view_url(uri: str, experiment_id: str, metric: str = "val_acc") -> str:
+    """The MLflow UI page of an experiment's job runs with their training charts.
+
+    MLflow 3's UI opens experiments in its GenAI view unless told otherwise
+    (``workflowType``); sorted by a metric, it lists the jobs themselves instead
+    of folding them under their sweep's parent run, and the chart view draws the
+    listed runs' per-epoch curves. ``uri``: an http(s) tracking server, else the
+    address ``mlflow ui`` serves on (http://127.0.0.1:5000).
+    """
+    from urllib.parse import quote
+
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&compareRunsMode=CHART&orderByKey={quote(f'metrics.`{metric}`')}&orderByAsc=false")
+
+
 def client(uri: str):
     import mlflow
 
