@@ -250,3 +250,12 @@ def test_sweep_parent_run_gets_the_answer(val_vs_test, tmp_path):
     assert run.tags["chosen_config"] == "freeze=last4"
     assert run.tags["report"] == str(paths["html"])
     assert "freeze: last4 vs all" in run.tags["mlflow.note.content"]
+
+
+def test_report_metric_config_is_checked_before_any_job(compose):
+    from transferlab.config import ConfigError
+    from transferlab.runner.validate import validate
+
+    validate(compose(["report.metric=val_balanced_acc"]))
+    with pytest.raises(ConfigError, match="report.metric=test_acc"):
+        validate(compose(["report.metric=test_acc"]))

@@ -90,10 +90,6 @@ class Comparison:
         """The candidate's value (its freeze label for ``key == "freeze"``)."""
         return self.candidate_value
 
-    @property
-    def label(self) -> str:
-        return f"{self.key}={self.candidate_value} vs {self.baseline_value}"
-
 
 @dataclass
 class Missing:
@@ -137,10 +133,9 @@ def _pair_seeds(base: Config, cand: Config) -> tuple[list[tuple[str, RunRecord, 
 
 
 def _same(a, b) -> bool:
-    if str(a) == str(b):
-        return True
+    """Equal as text or as numbers (``lr=1e-4`` names the runs logged as ``0.0001``)."""
     try:
-        return float(a) == float(b)
+        return str(a) == str(b) or float(a) == float(b)
     except (TypeError, ValueError):
         return False
 
