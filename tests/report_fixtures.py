@@ -199,3 +199,37 @@ def build_store(root: Path) -> FixtureStore:
             store.evil_run_ids.append(rid)
         client.set_terminated(evil_parent.info.run_id, "FINISHED")
     return store
+
+
+def log_run(client: MlflowClient, exp_id: str, tmp: Path, *, name: str, params: dict,
+            history: dict[str, list[float]], metrics: dict[str, float], true=None, pred=None,
+            classes=CLASSES, tags: dict | None = None, status: str = "FINISHED") -> str:
+    """One job run written per the record contract from plain values (for small stores).
+
+    ``history``: metric -> per-epoch values (step = epoch); ``true``/``pred``: test class
+    indices, written as test_predictions.csv (paths ``<class>/img<i>.png``) with
+    classes.json.
+    """
+    tags = {"transferlab.role": "job", "backbone": params.get("backbone.name", "vgg19"),
+            "freeze": params.get("freeze.strategy", "all"), **(tags or {})}
+    rid = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    ms = [Metric(k, float(v), 1_700_000_000_000 + e, e)
+          for k, vals in history.items() for e, v in enumerate(vals)]
+    ms += [Metric(k, float(v), 1_700_000_100_000, 0) for k, v in metrics.items()]
+    client.log_batch(rid, metrics=ms, params=[Param(k, str(v)) for k, v in params.items()])
+    if true is not None:
+        k = len(classes)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "true", "pred", "correct"] + [f"p_{j}" for j in range(k)])
+        for i, (t, p) in enumerate(zip(true, pred)):
+            probs = [0.9 if j == p else 0.1 / (k - 1) for j in range(k)]
+            w.writerow([f"{classes[t]}/img{i}.png", t, p, int(t == p)] + [f"{x:.4f}" for x in probs])
+        d = tmp / rid
+        d.mkdir(parents=True)
+        (d / "test_predictions.csv").write_text(buf.getvalue())
+        (d / "classes.json").write_text(json.dumps(list(classes)))
+        client.log_artifacts(rid, str(d))
+    if status != "RUNNING":
+        client.set_terminated(rid, status)
+    return rid

@@ -76,7 +76,7 @@ def _job_ids(store):
 
 
 def test_writes_three_files(sweep_report):
-    assert set(sweep_report) == {"html", "md", "csv"}
+    assert set(sweep_report) == {"html", "md", "csv", "json"}   # + summary.json, the answer
     for p in sweep_report.values():
         assert Path(p).is_file() and Path(p).stat().st_size > 0
     html = Path(sweep_report["html"]).read_text()
@@ -139,8 +139,10 @@ def test_leaderboard_columns_and_links(sweep_report, store):
                 "params_trainable", "params_total", "train_seconds", "train_images_per_s",
                 "status", "run_id", "mlflow_url"):
         assert col in rows[0]
-    accs = [float(r["test_acc"]) for r in rows if r["test_acc"]]
-    assert accs == sorted(accs, reverse=True)
+    # ranked on validation (the fixture's final val_acc equals its test_acc)
+    scores = [float(r["selection_score"]) for r in rows if r["rank"]]
+    assert scores == sorted(scores, reverse=True) and rows[0]["selected_by"] == "val_acc"
+    assert [int(r["rank"]) for r in rows if r["rank"]] == list(range(1, len(scores) + 1))
     best = rows[0]
     assert best["run_id"] == store.runs[("vgg19", "last4", 1)]
     assert float(best["test_acc"]) == 37 / 40
@@ -153,7 +155,12 @@ def test_leaderboard_columns_and_links(sweep_report, store):
 def test_significance_matches_hand_computation(store):
     client = MlflowClient(tracking_uri=store.uri)
     ctx, _, _ = build_context(client, sweep_id=fx.SWEEP_ID)
-    comps = {(c.group, c.strategy): c for c in ctx["comparisons"]}
+    # every swept key is compared: freeze (against freeze=all) and backbone (against the
+    # best by validation), one group per value of the other key
+    assert {(c.key, c.group, c.candidate_value, c.baseline_value) for c in ctx["comparisons"]
+            if c.key == "backbone"} == {("backbone", "freeze=all", "mobilenetv2", "vgg19"),
+                                        ("backbone", "freeze=last4", "mobilenetv2", "vgg19")}
+    comps = {(c.group, c.strategy): c for c in ctx["comparisons"] if c.key == "freeze"}
     assert set(comps) == {("mobilenetv2", "last4"), ("vgg19", "last4")}
     comp = comps[("vgg19", "last4")]
     assert [p.seed for p in comp.pairs] == ["1", "2"]
@@ -270,7 +277,8 @@ def test_log_report_artifacts(store, sweep_report):
     client = MlflowClient(tracking_uri=store.uri)
     log_report_artifacts(client, store.parent_run_id, sweep_report)
     names = {f.path for f in client.list_artifacts(store.parent_run_id, "report")}
-    assert names == {"report/report.html", "report/report.md", "report/leaderboard.csv"}
+    assert names == {"report/report.html", "report/report.md", "report/leaderboard.csv",
+                     "report/summary.json"}
 
 
 def _rec(i, backbone, freeze, lr, seed, acc, status="FINISHED", **extra):

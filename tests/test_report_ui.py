@@ -292,3 +292,61 @@ def test_report_renders_in_headless_chromium(store, tmp_path):
     assert evil_problems == [], evil_problems
     assert evil_facts["scripts"] == 0
     assert fx.EVIL_NAME in evil_facts["text"] and fx.EVIL_BACKBONE in evil_facts["text"]
+
+
+def _wait_for(browser, sid, js: str, timeout: float):
+    """Polls ``js`` (an expression) in the page until it is truthy; returns its value."""
+    deadline, value = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        res = browser.send("Runtime.evaluate", {"expression": js, "returnByValue": True},
+                           session=sid)
+        value = res.get("result", {}).get("value")
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(f"{js!r} still falsy after {timeout} s (last: {value!r})")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="needs headless Chromium at /usr/bin/chromium "
+                           "(apt-get install -y chromium)")
+def test_mlflow_runs_view_lands_on_the_runs_with_curve_charts(store, mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+    from omegaconf import OmegaConf
+
+    from transferlab.runner import tracking
+
+    cfg = OmegaConf.create({"tracking": {"uri": store.uri, "experiment": fx.EXPERIMENT,
+                                         "artifact_root": None}, "root_dir": str(tmp_path)})
+    exp_id = tracking.ensure_experiment(cfg)   # transferlab's own: tags the experiment's kind
+    kind = MlflowClient(store.uri).get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND]
+    assert kind == "custom_model_development"
+    jobs = ["vgg19-last4-lr1e-05-s1", "mobilenetv2-all-lr1e-05-s2"]
+    url = tracking.runs_view_url(mlflow_server, exp_id)   # what a sweep prints
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        browser = PipeBrowser(Path(profile))
+        try:
+            browser.send("Browser.getVersion", timeout=60)
+            target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            sid = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+                "sessionId"]
+            browser.send("Runtime.enable", session=sid)
+            browser.send("Page.enable", session=sid)
+            browser.send("Page.navigate", {"url": url}, session=sid)
+            # the runs view (not GenAI traces), the jobs listed themselves, not folded
+            # under their sweep's parent run, and line charts of their per-epoch metrics
+            cond = " && ".join(f"document.body.innerText.includes({j!r})" for j in jobs)
+            _wait_for(browser, sid, cond, 90)
+            charts = _wait_for(browser, sid, "document.body.innerText.includes('Step') && "
+                               "document.querySelectorAll('.js-plotly-plot').length >= 2 && "
+                               "document.querySelectorAll('.js-plotly-plot').length", 60)
+            text = _wait_for(browser, sid, "document.body.innerText", 5)
+            where = _wait_for(browser, sid, "location.hash", 5)
+            shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=sid)
+        finally:
+            browser.close()
+    assert "/runs" in where and "/traces" not in where, where
+    assert "Step" in text and "Sort: val_acc" in text
+    assert charts >= 2
+    std, non_white = _not_blank(base64.b64decode(shot["data"]))
+    assert std > 0.02 and non_white > 0.01, (std, non_white)

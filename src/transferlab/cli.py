@@ -31,6 +31,13 @@ def _add_report(sub) -> None:
     p.add_argument("--cols", metavar="KEY", help="matrix columns (default: freeze)")
     p.add_argument("--ui-url", metavar="URL",
                    help="MLflow UI address, e.g. http://127.0.0.1:5000: run ids become links")
+    p.add_argument("--metric", metavar="M", default=None,
+                   help="validation metric that ranks runs and picks the configuration whose "
+                        "test score is the estimate: val_acc (default), val_balanced_acc, "
+                        "val_loss")
+    p.add_argument("--baseline", metavar="KEY=VALUE", action="append", default=[],
+                   help="baseline value of a swept key for the comparisons, e.g. lr=1e-4 "
+                        "(repeatable; default: freeze=all, else the best by --metric)")
     p.set_defaults(func=_report)
 
 
@@ -39,12 +46,17 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("report: select runs with --experiment, --sweep, --filter or --runs")
     if args.runs and (args.experiment or args.sweep or args.filter):
         parser.error("report: --runs cannot be combined with --experiment/--sweep/--filter")
+    bad = [b for b in args.baseline if "=" not in b or not b.split("=", 1)[0].strip()]
+    if bad:
+        parser.error(f"report: --baseline {bad[0]!r}: expected KEY=VALUE, e.g. --baseline lr=1e-4")
+    baselines = dict(b.split("=", 1) for b in args.baseline)
     from transferlab.report import ReportError, write_report
 
     try:
         paths = write_report(args.tracking_uri, args.out, experiment=args.experiment,
                              sweep_id=args.sweep, filter_string=args.filter, run_ids=args.runs,
-                             rows=args.rows, cols=args.cols, ui_url=args.ui_url)
+                             rows=args.rows, cols=args.cols, ui_url=args.ui_url,
+                             metric=args.metric, baselines=baselines)
     except (ReportError, ValueError) as exc:
         print(f"transferlab report: error: {exc}", file=sys.stderr)
         return 1

@@ -34,7 +34,10 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated
 # group (threads, isolation, caching, verbosity; GPU switches enter as applied
 # values, see runner/job.py), where runs are recorded, and where the data lives
 # (its content enters as a fingerprint instead).
-NON_RESULT_KEYS = ("tracking", "runtime", "root_dir", "data_dir", "name", "dataset.path")
+NON_RESULT_KEYS = ("tracking", "runtime", "report", "root_dir", "data_dir", "name", "dataset.path")
+# Keys that only mean something for dataset=synthetic (reports leave them out for folders).
+SYNTHETIC_ONLY_KEYS = ("dataset.num_classes", "dataset.images_per_class", "dataset.source_size",
+                       "dataset.seed", "dataset.classes")
 
 
 class ConfigError(ValueError):
@@ -172,6 +175,14 @@ class TrackingConf:
 
 
 @dataclass
+class ReportConf:
+    """The sweep's own comparison report (outside the config hash)."""
+
+    # Validation metric that ranks configurations: val_acc, val_balanced_acc, val_loss.
+    metric: str = "val_acc"
+
+
+@dataclass
 class Config:
     backbone: BackboneConf = field(default_factory=BackboneConf)
     freeze: FreezeConf = field(default_factory=FreezeConf)
@@ -183,6 +194,7 @@ class Config:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     runtime: RuntimeConf = field(default_factory=RuntimeConf)
+    report: ReportConf = field(default_factory=ReportConf)
     lr: float = 1e-4
     image_size: Optional[int] = None
     seed: int = 42

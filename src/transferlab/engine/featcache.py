@@ -155,7 +155,20 @@ def decide(model, base, cfg, splits) -> Decision:
 
 # -- fingerprints and keys ---------------------------------------------------
 
+_KEYS = []  # the one traced key function of this process
+
+
 def _keys_fn():
+    """The per-image content key function, built once per process.
+
+    TensorFlow counts traces per Python code object, not per function object:
+    a new ``tf.function`` per job traced on each job's first call, and from the
+    fifth job in a worker on, every job printed TensorFlow's "triggered
+    tf.function retracing" warning. One function for the process traces once
+    per image shape (``reduce_retracing`` then relaxes the batch size).
+    """
+    if _KEYS:
+        return _KEYS[0]
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
@@ -163,6 +176,7 @@ def _keys_fn():
         raw = tf.reshape(tf.bitcast(x, tf.uint8), [tf.shape(x)[0], -1])
         return tf.bitcast(tf.fingerprint(raw), tf.int64)  # farmhash64 of each image's bytes
 
+    _KEYS.append(keys)
     return keys
 
 

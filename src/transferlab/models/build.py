@@ -17,6 +17,7 @@ import keras
 
 from transferlab.models import freeze, registry
 from transferlab.models.layers import InferenceMode, Preprocess, augmentation
+from transferlab.models.metrics import BalancedAccuracy
 from transferlab.models.registry import input_size
 from transferlab.models.weights import build as build_base
 
@@ -142,7 +143,10 @@ def compile_model(model, cfg, num_classes: int, lr: float | None = None, base=No
     """(Re)compiles with a fresh optimizer; required after any change of ``trainable``."""
     loss = "binary_crossentropy" if num_classes == 2 else "categorical_crossentropy"
     base_vars = base.trainable_variables if base is not None else ()
-    model.compile(optimizer=build_optimizer(cfg, lr, base_vars), loss=loss, metrics=["accuracy"],
+    # Balanced accuracy rides along with the validation pass Keras makes anyway
+    # (logs val_balanced_accuracy): on imbalanced data accuracy alone misleads.
+    model.compile(optimizer=build_optimizer(cfg, lr, base_vars), loss=loss,
+                  metrics=["accuracy", BalancedAccuracy(max(2, num_classes))],
                   jit_compile=speed_switches(cfg).jit)
 
 

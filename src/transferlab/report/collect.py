@@ -13,6 +13,7 @@ import csv
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from mlflow.exceptions import MlflowException
 ROLE_TAG = "transferlab.role"
 PARENT_TAG = "mlflow.parentRunId"
 SKIPPED_PREFIX = "skipped."
-HISTORY_KEYS = ("acc", "val_acc", "loss", "val_loss", "phase")
+HISTORY_KEYS = ("acc", "val_acc", "loss", "val_loss", "phase", "val_balanced_acc")
 PREDICTIONS = "test_predictions.csv"
 CLASSES = "classes.json"
 _PAGE = 1000
+_PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class ReportError(ValueError):
@@ -176,9 +178,10 @@ def select_runs(client: MlflowClient, *, experiment: str | None = None,
     return sorted(unique.values(), key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
-def _history(client: MlflowClient, run: Run) -> dict[str, list[tuple[int, float]]]:
+def _history(client: MlflowClient, run: Run,
+             keys=HISTORY_KEYS) -> dict[str, list[tuple[int, float]]]:
     out = {}
-    for key in HISTORY_KEYS:
+    for key in keys:
         if key not in run.data.metrics:
             continue
         last: dict[int, tuple[int, float]] = {}
@@ -245,7 +248,7 @@ def _short(exc: Exception) -> str:
     return (getattr(exc, "message", None) or str(exc)).splitlines()[0][:200]
 
 
-def _load_one(client: MlflowClient, run: Run, workdir: Path) -> RunRecord:
+def _load_one(client: MlflowClient, run: Run, workdir: Path, keys=HISTORY_KEYS) -> RunRecord:
     tags = dict(run.data.tags)
     rec = RunRecord(
         run_id=run.info.run_id,
@@ -258,17 +261,37 @@ def _load_one(client: MlflowClient, run: Run, workdir: Path) -> RunRecord:
         tags=tags,
         metrics={k: float(v) for k, v in run.data.metrics.items()},
     )
-    rec.history = _history(client, run)
+    rec.history = _history(client, run, keys)
     if rec.finished:  # only finished runs enter the comparisons
         _artifacts(client, rec, workdir)
     return rec
 
 
 def load_runs(client: MlflowClient, runs: list[Run], workdir: str | os.PathLike,
-              workers: int = 8) -> list[RunRecord]:
-    """RunRecords for ``runs`` in the same order (histories and artifacts included)."""
+              workers: int = 8, history: tuple[str, ...] = ()) -> list[RunRecord]:
+    """RunRecords for ``runs`` in the same order (histories and artifacts included).
+
+    ``history``: per-epoch metrics to read besides ``HISTORY_KEYS`` (e.g. the
+    selection metric).
+    """
     workdir = Path(workdir)
-    if len(runs) < 4 or workers <= 1:
-        return [_load_one(client, r, workdir) for r in runs]
-    with ThreadPoolExecutor(max_workers=min(workers, len(runs))) as pool:
-        return list(pool.map(lambda r: _load_one(client, r, workdir), runs))
+    keys = tuple(dict.fromkeys(HISTORY_KEYS + tuple(history)))
+    with quiet_downloads():
+        if len(runs) < 4 or workers <= 1:
+            return [_load_one(client, r, workdir, keys) for r in runs]
+        with ThreadPoolExecutor(max_workers=min(workers, len(runs))) as pool:
+            return list(pool.map(lambda r: _load_one(client, r, workdir, keys), runs))
+
+
+@contextmanager
+def quiet_downloads():
+    """No MLflow progress bar per downloaded artifact (a screenful per sweep report)."""
+    before = os.environ.get(_PROGRESS)
+    os.environ[_PROGRESS] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_PROGRESS, None)
+        else:
+            os.environ[_PROGRESS] = before

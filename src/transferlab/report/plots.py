@@ -17,6 +17,8 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from transferlab.report import fonts
+from transferlab.report.confusion import READABLE
 from transferlab.report.table import Config, Table, sort_values
 
 DPI = 90
@@ -186,12 +188,13 @@ def _confusion(cfg: Config) -> tuple[np.ndarray, list[str]] | None:
 
 
 def confusions(table: Table) -> list[Figure]:
-    """Per facet: small multiples of test confusion matrices (summed over seeds)."""
+    """Per facet: small multiples of test confusion matrices (summed over seeds), up to
+    ``confusion.READABLE`` classes; beyond, the report shows top-confusion tables."""
     out = []
     for mi, m in enumerate(table.matrices):
         cells = {}
         for cfg in table.configs:
-            if all(cfg.get(k) == v for k, v in m.facet.items()):
+            if all(cfg.get(k) == v for k, v in m.facet.items()) and _n_classes(cfg) <= READABLE:
                 cm = _confusion(cfg)
                 if cm is not None:
                     cells[(cfg.get(table.rows_key), cfg.get(table.cols_key))] = (cfg, cm)
@@ -216,9 +219,9 @@ def confusions(table: Table) -> list[Figure]:
                     for (t, p), v in np.ndenumerate(mat):
                         ax.text(p, t, str(v), ha="center", va="center", fontsize=7,
                                 color="white" if norm[t, p] > 0.6 else "black")
-                ticks = range(len(names)) if small else []
-                ax.set_xticks(ticks, [n[:10] for n in names] if small else [], fontsize=6)
-                ax.set_yticks(ticks, [n[:10] for n in names] if small else [], fontsize=6)
+                labels, _ = fonts.labels(names, 10)
+                ax.set_xticks(range(len(names)), labels, fontsize=6 if small else 4, rotation=90)
+                ax.set_yticks(range(len(names)), labels, fontsize=6 if small else 4)
                 ax.set_title(f"{rv} · {cv} (n={len(cfg.runs)})", fontsize=8)
                 if i == len(rows) - 1:
                     ax.set_xlabel("predicted", fontsize=7)
@@ -235,6 +238,14 @@ def confusions(table: Table) -> list[Figure]:
     return out
 
 
+def _n_classes(cfg: Config) -> int:
+    preds = [r.predictions for r in cfg.runs if r.predictions is not None]
+    return max([p.n_classes for p in preds] + [len(r.classes or []) for r in cfg.runs], default=0)
+
+
 def all_figures(table: Table) -> list[Figure]:
-    return curves(table) + cost(table) + confusions(table)
+    from matplotlib import rc_context
+
+    with rc_context(fonts.rc()):  # class names in any script the installed fonts cover
+        return curves(table) + cost(table) + confusions(table)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -129,11 +130,44 @@ def incomplete_runs(table: Table) -> list[dict]:
     return sorted(out, key=lambda r: (r["status"], r["name"], r["run_id"]))
 
 
+def summary(context: dict) -> dict:
+    """The report's answer as plain data (``summary.json``): what a sweep's parent run shows."""
+    sel = context["chosen"]
+    chosen = None
+    if sel.chosen is not None:
+        chosen = dict(label=sel.label, values={k: sel.chosen.get(k) for k in context["table"].axes},
+                      score=sel.score, n_seeds=sel.n_seeds,
+                      estimates={m: v[0] for m, v in sel.estimates.items()},
+                      interval=list(sel.interval) if sel.interval else None,
+                      interval_kind=sel.interval_kind, flags=sel.flags,
+                      run_ids=[r.run_id for r in sel.chosen.runs])
+    return dict(title=context["title"], metric=context["metric"], chosen=chosen,
+                note=sel.note, warnings=context["warnings"],
+                comparisons=[dict(key=c.key, group=c.group, candidate=c.candidate_value,
+                                  baseline=c.baseline_value, diff=c.diff, p=c.p_value,
+                                  p_holm=c.p_adjusted, seeds=len(c.pairs), verdict=c.verdict)
+                             for c in context["comparisons"]])
+
+
+def _finite(obj):
+    """NaN/inf as null, so summary.json is strict JSON (a diverged run logs NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_files(out_dir: Path, context: dict, table: Table, rows: list[dict],
                 ui_url: str | None) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"html": out_dir / "report.html", "md": out_dir / "report.md",
-             "csv": out_dir / "leaderboard.csv"}
+             "csv": out_dir / "leaderboard.csv", "json": out_dir / "summary.json"}
+    paths["json"].write_text(json.dumps(_finite(summary(context)), indent=1, sort_keys=True,
+                                        ensure_ascii=False, default=str)
+                             + "\n", encoding="utf-8")
     html = _env(True).get_template("report.html.j2").render(**context)
     text = _env(False).get_template("report.md.j2").render(**context)
     paths["html"].write_text(html, encoding="utf-8")

@@ -1,10 +1,25 @@
-"""Is the difference real? Each freezing strategy against transfer learning (freeze=all).
+"""Is the difference real? Along every swept key, each value against a baseline value.
 
-Configurations that agree on every swept key except ``freeze`` form a group;
-in each group every strategy is compared with the ``freeze=all`` baseline on
-the same test images (paired by image path): exact McNemar test and a paired
-bootstrap CI of the accuracy difference per seed pair, and with >= 2 seeds a
-t-interval of the difference across seeds.
+For each swept key (``table.axes``: freeze, backbone, lr, ...) the
+configurations that agree on every other swept key form a group; in each
+group every value of the key is compared with the group's baseline value:
+``freeze=all`` (transfer learning) for ``freeze``; for other keys the value
+given as ``--baseline key=value``, else the value whose configuration scores
+best on validation (a freeze group without ``freeze=all`` falls back to that
+too, and says so). Comparisons are paired on the same test images (by path):
+
+* per seed pair: exact McNemar p and a paired bootstrap 95% CI (detail rows);
+* per comparison: McNemar on the discordant counts summed over the seed
+  pairs (each pair is an independent pair of training runs, so under "no
+  difference" every discordant image is a fair coin: an exact stratified sign
+  test), the mean difference with a bootstrap CI over images, and across >= 2
+  seeds a t-interval (Welch when seeds do not match);
+* Holm's adjustment over ALL comparisons of the report (``stats.holm``).
+
+A verdict needs the adjusted p < 0.05 and a CI that excludes 0; with >= 3
+seeds the across-seed interval must exclude 0 on the same side as well.
+Comparisons involving a flagged run (never beat the majority rate, diverged:
+flags.py) are reported as such, not as verdicts.
 """
 
 from __future__ import annotations
@@ -15,11 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transferlab.report import stats
-from transferlab.report.collect import Predictions, RunRecord
+from transferlab.report.collect import Predictions, ReportError, RunRecord
+from transferlab.report.metric import rank_key
 from transferlab.report.table import BASELINE, Config, Table, config_label
 
 NOT_DISTINGUISHABLE = "not distinguishable at this test-set size"
 NOT_DISTINGUISHABLE_SEEDS = "not distinguishable across seeds"
+MIN_SEEDS = 3  # from here on the across-seed interval must agree
+ADD_SEEDS = "seed=1,2,3"
 
 
 @dataclass
@@ -36,19 +54,41 @@ class PairResult:
     low: float | None = None
     high: float | None = None
     p_value: float | None = None
-    verdict: str = ""
+    verdict: str = ""   # why the pair could not be compared, else empty
+    paths: list[str] = field(default_factory=list, repr=False)
+    base_ok: np.ndarray | None = field(default=None, repr=False)
+    cand_ok: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
 class Comparison:
-    group: str                  # e.g. "vgg19 · lr=1e-05"
-    strategy: str               # the candidate's freeze label
+    key: str                    # the swept key, e.g. "freeze", "lr"
+    group: str                  # the other swept keys' values, e.g. "vgg19 · lr=1e-05"
+    baseline_value: str
+    candidate_value: str
+    baseline_why: str           # "transfer learning", "best by val_acc", "--baseline"
     baseline: Config
     candidate: Config
     pairs: list[PairResult] = field(default_factory=list)
+    n_images: int = 0
+    b: int = 0
+    c: int = 0
+    diff: float | None = None
+    low: float | None = None
+    high: float | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
     seeds: stats.Interval | None = None
     seeds_paired: bool = True
     seeds_verdict: str = ""
+    flags: list[str] = field(default_factory=list)
+    verdict: str = ""
+    note: str = ""
+
+    @property
+    def strategy(self) -> str:
+        """The candidate's value (its freeze label for ``key == "freeze"``)."""
+        return self.candidate_value
 
 
 @dataclass
@@ -57,12 +97,12 @@ class Missing:
     reason: str
 
 
-def align(a: Predictions, b: Predictions) -> tuple[np.ndarray, np.ndarray]:
-    """Correctness of ``a`` and ``b`` on the images both have, matched by path."""
+def align(a: Predictions, b: Predictions) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Common image paths and the correctness of ``a`` and ``b`` on them."""
     common = sorted(set(a.paths) & set(b.paths))
     ia = {p: i for i, p in enumerate(a.paths)}
     ib = {p: i for i, p in enumerate(b.paths)}
-    return (a.correct[[ia[p] for p in common]].astype(bool),
+    return (common, a.correct[[ia[p] for p in common]].astype(bool),
             b.correct[[ib[p] for p in common]].astype(bool))
 
 
@@ -72,18 +112,15 @@ def compare_pair(seed: str, base: RunRecord, cand: RunRecord, seed_rng: int = 0)
     if missing:
         res.verdict = f"no {', '.join(missing)} test predictions: cannot pair images"
         return res
-    ca, cb = align(base.predictions, cand.predictions)
-    res.n_images = int(ca.size)
-    if ca.size == 0:
+    res.paths, res.base_ok, res.cand_ok = align(base.predictions, cand.predictions)
+    res.n_images = len(res.paths)
+    if not res.n_images:
         res.verdict = "no common test images: different test sets cannot be paired"
         return res
-    res.b, res.c = stats.discordant(ca, cb)
+    res.b, res.c = stats.discordant(res.base_ok, res.cand_ok)
     res.p_value = stats.mcnemar_exact(res.b, res.c)
-    res.diff, res.low, res.high = stats.paired_bootstrap_ci(ca, cb, seed=seed_rng)
-    if stats.distinguishable(res.p_value, res.low, res.high):
-        res.verdict = f"{'better' if res.diff > 0 else 'worse'} than freeze=all"
-    else:
-        res.verdict = NOT_DISTINGUISHABLE
+    res.diff, res.low, res.high = stats.paired_bootstrap_ci(res.base_ok, res.cand_ok,
+                                                            seed=seed_rng)
     return res
 
 
@@ -92,42 +129,133 @@ def _pair_seeds(base: Config, cand: Config) -> tuple[list[tuple[str, RunRecord, 
     common = [s for s in bs if s in cs]
     if common:
         return [(s, bs[s], cs[s]) for s in common], True
-    pairs = [(f"{sb}/{sc}", bs[sb], cs[sc]) for sb, sc in zip(bs, cs)]
-    return pairs, False
+    return [(f"{sb}/{sc}", bs[sb], cs[sc]) for sb, sc in zip(bs, cs)], False
 
 
-def compare(table: Table) -> tuple[list[Comparison], list[Missing]]:
-    """All strategy-vs-baseline comparisons of the table, in display order."""
-    key, base_value = BASELINE
-    if key not in table.config_keys:
-        return [], [Missing("all runs", f"{key} is not swept: nothing to compare")]
-    # keys that define a group: everything but the freeze label and its own params
-    others = [k for k in table.config_keys if k != key
-              and not (k.startswith(key + ".") and table.determined(k, [key]))]
-    lead = [k for k in [table.rows_key, *table.facet_keys] if k in others]
-    label_keys = lead + [k for k in others if k not in lead and not table.determined(k, lead)]
-    groups: dict[tuple, list[Config]] = defaultdict(list)
-    for cfg in table.configs:  # already in display order
-        groups[tuple(cfg.get(k) for k in others)].append(cfg)
-    comps, missing = [], []
-    for gk, cfgs in groups.items():
-        label = config_label(cfgs[0], label_keys) or "all runs"
-        base = next((c for c in cfgs if c.get(key) == base_value), None)
-        if base is None or not base.runs:
-            if any(c.runs for c in cfgs):
-                missing.append(Missing(label, f"no finished {key}={base_value} run "
-                                              "(transfer-learning baseline)"))
-            continue
-        for cand in cfgs:
-            if cand is base or not cand.runs:
+def _same(a, b) -> bool:
+    """Equal as text or as numbers (``lr=1e-4`` names the runs logged as ``0.0001``)."""
+    try:
+        return str(a) == str(b) or float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_baselines(table: Table, baselines: dict[str, str] | None) -> dict[str, str]:
+    """``--baseline key=value`` pairs, checked against the selection.
+
+    Raises:
+        ReportError: the key is not swept, or no run has that value (lists what there is).
+    """
+    out = {}
+    for key, value in (baselines or {}).items():
+        if key not in table.axes:
+            raise ReportError(f"--baseline {key}={value}: {key} is not a swept key of these "
+                              f"runs; swept: {', '.join(table.axes) or '(none)'}")
+        have = sorted({str(c.get(key)) for c in table.configs})
+        if not any(_same(v, value) for v in have):
+            raise ReportError(f"--baseline {key}={value}: no run has {key}={value}; values: "
+                              f"{', '.join(have)}")
+        out[key] = value
+    return out
+
+
+def _baseline(key: str, cfgs: list[Config], user: dict, metric: str):
+    """(baseline config, why, note) of one group, or (None, reason, "")."""
+    if key in user:
+        base = next((c for c in cfgs if _same(c.get(key), user[key]) and c.runs), None)
+        return (base, "--baseline", "") if base else (
+            None, f"no finished {key}={user[key]} run (--baseline)", "")
+    if key == BASELINE[0]:
+        base = next((c for c in cfgs if c.get(key) == BASELINE[1] and c.runs), None)
+        if base is not None:
+            return base, "transfer learning", ""
+    ranked = sorted((c for c in cfgs if c.runs), key=lambda c: rank_key(c.score, metric))
+    if not ranked:
+        return None, "no finished run", ""
+    why = f"best by {metric}" if ranked[0].score is not None else f"first ({metric} not logged)"
+    note = (f"no finished {key}={BASELINE[1]} run (transfer-learning baseline): compared "
+            f"against the {why}, {key}={ranked[0].get(key)}") if key == BASELINE[0] else ""
+    return ranked[0], why, note
+
+
+def compare(table: Table, baselines: dict[str, str] | None = None
+            ) -> tuple[list[Comparison], list[Missing]]:
+    """Every comparison of the report, in display order, Holm-adjusted together.
+
+    Raises:
+        ReportError: a ``baselines`` entry names no swept key or value (check_baselines).
+    """
+    user = check_baselines(table, baselines)
+    comps: list[Comparison] = []
+    missing: list[Missing] = []
+    if not table.axes:
+        missing.append(Missing("all runs", "nothing is swept (one configuration): "
+                                           "nothing to compare"))
+    for key in table.axes:
+        others = [a for a in table.axes if a != key]
+        groups: dict[tuple, list[Config]] = defaultdict(list)
+        for cfg in table.configs:  # already in display order
+            groups[tuple(cfg.get(k) for k in others)].append(cfg)
+        for cfgs in groups.values():
+            label = config_label(cfgs[0], others) or "all runs"
+            if sum(1 for c in cfgs if c.runs) < 2:
                 continue
-            comp = Comparison(label, str(cand.get(key)), base, cand)
-            pairs, matched = _pair_seeds(base, cand)
-            comp.pairs = [compare_pair(s, b, c) for s, b, c in pairs]
-            comp.seeds_paired = matched
-            _seed_interval(comp, base, cand, matched)
-            comps.append(comp)
+            base, why, note = _baseline(key, cfgs, user, table.metric)
+            if note:
+                missing.append(Missing(f"{key}: {label}", note))
+            if base is None:
+                missing.append(Missing(f"{key}: {label}", why))
+                continue
+            for cand in cfgs:
+                if cand is base or not cand.runs:
+                    continue
+                comps.append(_compare(table, key, label, base, cand, why))
+    for comp, p in zip((c for c in comps if c.p_value is not None),
+                       stats.holm([c.p_value for c in comps if c.p_value is not None])):
+        comp.p_adjusted = p
+    for comp in comps:
+        _verdict(comp)
     return comps, missing
+
+
+def _compare(table: Table, key: str, label: str, base: Config, cand: Config,
+             why: str) -> Comparison:
+    comp = Comparison(key, label, str(base.get(key)), str(cand.get(key)), why, base, cand)
+    pairs, matched = _pair_seeds(base, cand)
+    comp.pairs = [compare_pair(s, b, c) for s, b, c in pairs]
+    comp.seeds_paired = matched
+    for p in comp.pairs:
+        for run in (p.base_run, p.cand_run):
+            for flag in table.flags.get(run.run_id, []):
+                text = f"{run.name}: {flag}"
+                if text not in comp.flags:
+                    comp.flags.append(text)
+    usable = [p for p in comp.pairs if p.p_value is not None]
+    if usable:
+        _pool(comp, usable)
+    _seed_interval(comp, base, cand, matched)
+    return comp
+
+
+def _pool(comp: Comparison, pairs: list[PairResult]) -> None:
+    """Summed discordant counts, mean difference and its CI on the images all pairs share."""
+    common = sorted(set.intersection(*(set(p.paths) for p in pairs)))
+    comp.n_images = len(common)
+    comp.b, comp.c = sum(p.b for p in pairs), sum(p.c for p in pairs)
+    comp.p_value = stats.mcnemar_exact(comp.b, comp.c)
+    if len(pairs) == 1:
+        comp.diff, comp.low, comp.high = pairs[0].diff, pairs[0].low, pairs[0].high
+        return
+    if not common:
+        return
+    rows_a, rows_b = [], []
+    for p in pairs:
+        idx = {path: i for i, path in enumerate(p.paths)}
+        sel = [idx[path] for path in common]
+        rows_a.append(p.base_ok[sel])
+        rows_b.append(p.cand_ok[sel])
+    comp.diff, comp.low, comp.high = stats.paired_bootstrap_ci_seeds(np.array(rows_a),
+                                                                     np.array(rows_b))
 
 
 def _seed_interval(comp: Comparison, base: Config, cand: Config, matched: bool) -> None:
@@ -144,5 +272,32 @@ def _seed_interval(comp: Comparison, base: Config, cand: Config, matched: bool) 
     if comp.seeds.contains_zero:
         comp.seeds_verdict = NOT_DISTINGUISHABLE_SEEDS
     else:
-        comp.seeds_verdict = f"{'better' if comp.seeds.mean > 0 else 'worse'} than freeze=all " \
-                             "across seeds"
+        side = "better" if comp.seeds.mean > 0 else "worse"
+        comp.seeds_verdict = f"{side} than {comp.key}={comp.baseline_value} across seeds"
+
+
+def _verdict(comp: Comparison) -> None:
+    against = f"{comp.key}={comp.baseline_value}"
+    if comp.p_value is None:
+        comp.verdict = next((p.verdict for p in comp.pairs if p.verdict), "cannot pair images")
+        return
+    n = len(comp.pairs)
+    if n == 1:
+        comp.note = (f"one training run per side (seed {comp.pairs[0].seed}): add seeds "
+                     f"({ADD_SEEDS}) to see whether it holds across training runs")
+    elif n < MIN_SEEDS:
+        comp.note = (f"{n} seeds: the across-seed interval counts from {MIN_SEEDS} seeds on "
+                     f"({ADD_SEEDS})")
+    if comp.flags:
+        comp.verdict = "no verdict: " + "; ".join(comp.flags)
+        return
+    real = stats.distinguishable(comp.p_adjusted, comp.low, comp.high)
+    side = "better" if (comp.diff or 0) > 0 else "worse"
+    if not real:
+        comp.verdict = NOT_DISTINGUISHABLE
+    elif n >= MIN_SEEDS and comp.seeds is not None and comp.seeds.low is not None and (
+            comp.seeds.contains_zero or (comp.seeds.mean > 0) != (side == "better")):
+        comp.verdict = (f"{NOT_DISTINGUISHABLE_SEEDS} (the test images alone say {side} than "
+                        f"{against})")
+    else:
+        comp.verdict = f"{side} than {against}"

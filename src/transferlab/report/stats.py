@@ -1,6 +1,6 @@
-"""Statistics for "is the difference real?": exact McNemar, paired bootstrap, t-intervals.
+"""Statistics for "is the difference real?": exact McNemar, paired bootstrap, t-intervals, Holm.
 
-Pure numpy/scipy on plain arrays, no MLflow, no plotting. Every function is
+Pure numpy/scipy/statsmodels on plain arrays, no MLflow, no plotting. Every function is
 deterministic: the bootstrap draws from a ``numpy.random.Generator`` seeded by
 the caller (default 0), so the same inputs always give the same interval.
 """
@@ -70,6 +70,50 @@ def paired_bootstrap_ci(correct_a, correct_b, *, n_boot: int = 10_000,
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(reps, [tail, 1.0 - tail])
     return float(diff), float(lo), float(hi)
+
+
+def paired_bootstrap_ci_seeds(correct_a, correct_b, *, n_boot: int = 10_000,
+                              level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """As ``paired_bootstrap_ci`` for S paired runs (seeds) on the same n images.
+
+    ``correct_a``/``correct_b``: boolean (S, n), row s = seed pair s. Images are
+    resampled (all S rows of an image together), so the interval covers the
+    test-set sampling of the mean difference over seeds. An image's summed
+    difference takes one of 2S + 1 values, so one multinomial draw per replicate
+    is again exact index resampling at O(n_boot * S) cost.
+
+    Returns:
+        (mean difference acc(b) - acc(a) over seeds and images, low, high).
+    """
+    a = np.atleast_2d(np.asarray(correct_a, dtype=bool))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=bool))
+    if a.shape != b.shape or a.shape[1] == 0:
+        raise ValueError(f"need two (seeds, images) arrays of equal shape, got {a.shape} "
+                         f"and {b.shape}")
+    s, n = a.shape
+    per_image = (b.astype(np.int64) - a.astype(np.int64)).sum(axis=0)      # -S..S
+    values = np.arange(-s, s + 1)
+    probs = np.bincount(per_image + s, minlength=2 * s + 1) / n
+    counts = np.random.default_rng(seed).multinomial(n, probs, size=n_boot)
+    reps = counts @ values / (s * n)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(reps, [tail, 1.0 - tail])
+    return float(per_image.sum() / (s * n)), float(lo), float(hi)
+
+
+def holm(p_values) -> list[float]:
+    """Holm-adjusted p-values (statsmodels ``multipletests``, method ``holm``), same order.
+
+    Holm controls the family-wise error rate (the chance of calling even one
+    no-difference comparison real) at ``ALPHA`` over all of them, with no
+    assumption about how the tests depend on each other.
+    """
+    p = [float(x) for x in p_values]
+    if not p:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(x) for x in multipletests(p, alpha=ALPHA, method="holm")[1]]
 
 
 @dataclass(frozen=True)

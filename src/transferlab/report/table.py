@@ -9,24 +9,30 @@ differ only in ``seed`` are replicates. Pure Python over RunRecords.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from transferlab.config.schema import NON_RESULT_KEYS
+from transferlab.config.schema import NON_RESULT_KEYS, SYNTHETIC_ONLY_KEYS
 from transferlab.models.freeze import freeze_label as strategy_label
+from transferlab.report.axes import (LABELS, SEED, _natural, axes_of, default_axes,
+                                     determined, sort_values)
 from transferlab.report.collect import RunRecord
+from transferlab.report.metric import DEFAULT_METRIC, rank_key, run_score
 from transferlab.report.stats import mean_std
 
-LABELS = ("backbone", "freeze")
-SEED = "seed"
+__all__ = ["LABELS", "SEED", "BASELINE", "Table", "Config", "build_table", "config_label",
+           "determined", "sort_values"]
+
 BASELINE = ("freeze", "all")  # transfer learning: the whole base frozen
-# Params that do not change what a job computes are never treated as swept, so
-# runs of two sweeps differing only in them still compare.
-RESULT_COLUMNS = ("best_val_acc", "best_val_acc_epoch", "final_val_acc", "test_acc",
+# The leaderboard's columns after the swept keys: the selection score first (the val
+# metric of the model each job ends with), then metrics read as logged.
+SCORE_COLUMNS = ("rank", "selected_by", "selection_score", "flags", "best_val_acc",
+                 "best_val_acc_epoch", "final_val_acc")
+METRIC_COLUMNS = ("test_acc", "test_balanced_acc", "test_macro_f1", "test_auc", "test_top5_acc",
                   "test_loss", "params_trainable", "params_total", "train_seconds",
                   "train_images_per_s")
+RESULT_COLUMNS = SCORE_COLUMNS + METRIC_COLUMNS
 
 
 def freeze_label(params: dict[str, str]) -> str | None:
@@ -42,36 +48,6 @@ def fields_of(rec: RunRecord) -> dict[str, str | None]:
     out["backbone"] = rec.tags.get("backbone") or rec.params.get("backbone.name")
     out["freeze"] = rec.tags.get("freeze") or freeze_label(rec.params)
     return out
-
-
-def _natural(value) -> tuple:
-    parts = re.split(r"(\d+(?:\.\d+)?)", str(value))
-    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
-
-
-def sort_values(key: str, values) -> list:
-    """Values of one key in display order: numbers numerically, freeze from frozen to free."""
-    vals = list(dict.fromkeys(values))
-    present = [v for v in vals if v is not None]
-    try:
-        ordered = sorted(present, key=float)
-    except (TypeError, ValueError):
-        if key == "freeze":
-            rank = {"all": 0, "none": 2}
-            ordered = sorted(present, key=lambda v: (rank.get(v, 1), _natural(v)))
-        else:
-            ordered = sorted(present, key=_natural)
-    return ordered + ([None] if None in vals else [])
-
-
-def determined(key: str, by: list[str], rows: list[dict]) -> bool:
-    """True when the value of ``key`` is a function of the values of ``by``."""
-    seen: dict[tuple, object] = {}
-    for r in rows:
-        k = tuple(r.get(b) for b in by)
-        if seen.setdefault(k, r.get(key)) != r.get(key):
-            return False
-    return True
 
 
 def _seed(rec: RunRecord) -> str:
@@ -94,6 +70,7 @@ class Config:
     runs: list[RunRecord] = field(default_factory=list)        # finished, one per seed
     incomplete: list[RunRecord] = field(default_factory=list)  # failed, running, no test_acc
     superseded: list[RunRecord] = field(default_factory=list)  # older finished run of a seed
+    score: float | None = None  # selection metric, mean over the seeds that logged it
 
     def get(self, key):
         return self.values.get(key)
@@ -115,12 +92,13 @@ class Config:
 
 @dataclass
 class Cell:
-    mean: float | None
+    mean: float | None  # test accuracy over seeds
     std: float | None
     n: int
     n_incomplete: int
-    best: bool = False
+    best: bool = False  # best selection score in its row (validation, never test)
     delta: float | None = None
+    score: float | None = None
 
 
 @dataclass
@@ -144,6 +122,9 @@ class Table:
     facet_keys: list[str]
     config_keys: list[str]
     configs: list[Config]
+    axes: list[str] = field(default_factory=list)  # swept keys no other swept key determines
+    metric: str = DEFAULT_METRIC
+    flags: dict[str, list[str]] = field(default_factory=dict)  # run_id -> flags (flags.py)
 
     def determined(self, key: str, by: list[str]) -> bool:
         return determined(key, by, list(self.fields.values()))
@@ -152,19 +133,26 @@ class Table:
         return rec.finished and "test_acc" in rec.metrics
 
     def leaderboard(self) -> list[dict]:
-        """One dict per run, best test accuracy first (incomplete runs last)."""
+        """One dict per run, ranked by the selection metric (validation data), incomplete
+        runs last; ``rank`` numbers the complete runs."""
         out = []
         for rec in self.records:
             best, best_epoch, final = _best_val(rec)
             row = {k: self.fields[rec.run_id].get(k) for k in self.shown}
             row.update(run_name=rec.name, status=rec.status, best_val_acc=best,
                        best_val_acc_epoch=best_epoch, final_val_acc=final,
-                       run_id=rec.run_id, experiment_id=rec.experiment_id)
-            for m in RESULT_COLUMNS[3:]:
+                       selected_by=self.metric, selection_score=run_score(rec, self.metric),
+                       flags=" ".join(self.flags.get(rec.run_id, [])) or None,
+                       complete=self.complete(rec), run_id=rec.run_id,
+                       experiment_id=rec.experiment_id)
+            for m in METRIC_COLUMNS:
                 row[m] = rec.metrics.get(m)
             out.append(row)
-        return sorted(out, key=lambda r: (r["test_acc"] is None, -(r["test_acc"] or 0.0),
-                                          r["run_name"], r["run_id"]))
+        out.sort(key=lambda r: (not r["complete"], rank_key(r["selection_score"], self.metric),
+                                r["run_name"], r["run_id"]))
+        for i, r in enumerate(out):
+            r["rank"] = i + 1 if r["complete"] else None
+        return out
 
     @cached_property
     def matrices(self) -> list[Matrix]:
@@ -181,19 +169,25 @@ class Table:
             cols = sort_values(self.cols_key, [c.get(self.cols_key) for c in cfgs])
             cells: dict[tuple, Cell] = {}
             accs: dict[tuple, list[float]] = defaultdict(list)
+            scores: dict[tuple, list[float]] = defaultdict(list)
             for cfg in cfgs:
                 key = (cfg.get(self.rows_key), cfg.get(self.cols_key))
                 cell = cells.setdefault(key, Cell(None, None, 0, 0))
                 cell.n_incomplete += len(cfg.unresolved)
                 accs[key] += [r.metrics["test_acc"] for r in cfg.runs]
+                scores[key] += [s for s in (run_score(r, self.metric) for r in cfg.runs)
+                                if s is not None]
             for key, vals in accs.items():
                 if vals:
                     cells[key].mean, cells[key].std, cells[key].n = mean_std(vals)
+                if scores[key]:
+                    cells[key].score = mean_std(scores[key])[0]
             for rv in rows:
                 row = [cells[(rv, cv)] for cv in cols if (rv, cv) in cells]
-                means = [c.mean for c in row if c.mean is not None]
-                for c in row:
-                    c.best = c.mean is not None and c.mean == max(means)
+                keys = [rank_key(c.score, self.metric) for c in row if c.mean is not None]
+                for c in row:  # chosen on validation: the test numbers only report
+                    c.best = (c.mean is not None and len(row) > 1 and c.score is not None
+                              and rank_key(c.score, self.metric) == min(keys))
                 base = cells.get((rv, baseline_col))
                 if base is not None and base.mean is not None:
                     for cv in cols:
@@ -211,8 +205,13 @@ def _combo_order(keys: list[str], combos: list[tuple]) -> list[tuple]:
 
 
 def build_table(records: list[RunRecord], rows: str | None = None,
-                cols: str | None = None) -> Table:
+                cols: str | None = None, metric: str = DEFAULT_METRIC,
+                flags: dict[str, list[str]] | None = None) -> Table:
     """Analyses the selection: swept/constant keys, facets and configurations.
+
+    Args:
+        metric: the validation metric that ranks runs and configurations (metric.py).
+        flags: run id -> flags (flags.py), shown in the leaderboard.
 
     Raises:
         ValueError: ``rows``/``cols`` names no field of the runs (message lists them).
@@ -224,8 +223,12 @@ def build_table(records: list[RunRecord], rows: str | None = None,
     swept = [k for k in LABELS if len(values.get(k, ())) > 1]
     swept += [k for k in keys if k not in LABELS and len(values[k]) > 1
               and not any(k == e or k.startswith(e + ".") for e in NON_RESULT_KEYS)]
-    constant = {k: next(iter(values[k])) for k in keys if len(values[k]) == 1}
-    rows_key, cols_key = rows or "backbone", cols or "freeze"
+    constant = {k: next(iter(values[k])) for k in keys if len(values[k]) == 1
+                and not any(k == e or k.startswith(e + ".") for e in NON_RESULT_KEYS)}
+    if constant.get("dataset.name", "synthetic") != "synthetic":  # meaningless for a folder
+        constant = {k: v for k, v in constant.items() if k not in SYNTHETIC_ONLY_KEYS}
+    axes = axes_of(swept, rows_f)
+    rows_key, cols_key = default_axes(axes, rows, cols)
     for k in (rows_key, cols_key):
         if k not in values:
             raise ValueError(f"unknown key {k!r} for --rows/--cols; the runs have: "
@@ -264,14 +267,12 @@ def build_table(records: list[RunRecord], rows: str | None = None,
             latest[_seed(r)] = r
         cfg.runs = sorted(latest.values(), key=lambda r: (_natural(_seed(r)), r.run_id))
         cfg.incomplete.sort(key=lambda r: (r.name, r.run_id))
+        scores = [s for s in (run_score(r, metric) for r in cfg.runs) if s is not None]
+        cfg.score = mean_std(scores)[0] if scores else None
     return Table(records, fields, swept, shown, constant, rows_key, cols_key, facet_keys,
-                 config_keys, ordered)
+                 config_keys, ordered, axes, metric, dict(flags or {}))
 
 
 def config_label(cfg: Config, keys: list[str]) -> str:
-    """Short human label of a configuration, e.g. ``vgg19 · last4 · lr=1e-05``."""
-    parts = []
-    for k in keys:
-        v = cfg.get(k)
-        parts.append(str(v) if k in LABELS else f"{k}={v}")
-    return " · ".join(parts)
+    """Short human label of a configuration, e.g. ``vgg19 · freeze=last4 · lr=1e-05``."""
+    return " · ".join(str(cfg.get(k)) if k == "backbone" else f"{k}={cfg.get(k)}" for k in keys)

@@ -19,8 +19,12 @@ from transferlab.runner import tracking
 
 
 def log_run_artifacts(cfg, model, splits, scores: TestScores, c, run_id: str, freeze_plan: str) -> dict:
-    """Test predictions, curves, confusion matrix, config, summary (and the model)."""
-    from transferlab.runner import plots
+    """Test predictions, curves, confusion matrix, per-class scores, config, summary.
+
+    Returns the final metrics it computed: ``test_images`` and the scores of
+    ``runner/scores.py`` (``test_balanced_acc``, ``test_macro_f1``, ...).
+    """
+    from transferlab.runner import plots, scores as extra
 
     true, pred, probs = scores.true, scores.pred, scores.probs
     # Curves from the MLflow record, so a resumed run shows all its epochs.
@@ -33,11 +37,22 @@ def log_run_artifacts(cfg, model, splits, scores: TestScores, c, run_id: str, fr
         model.summary(print_fn=lambda s, **_: lines.append(s), expand_nested=False)
         (t / "model_summary.txt").write_text("\n".join(lines) + f"\n\nfreeze: {freeze_plan}\n")
         write_predictions(t / "test_predictions.csv", splits.test_paths, true, pred, probs)
+        (t / "per_class_metrics.csv").write_text(extra.per_class_csv(true, pred, splits.class_names),
+                                                 encoding="utf-8")
         plots.curves(hist, t / "curves.png", title=tracking.run_name(cfg),
                      boundary=cfg.trainer.warmup_epochs or None)
         plots.confusion(true, pred, splits.class_names, t / "confusion_matrix.png")
+        try:  # error gallery + Grad-CAM: need the model, so drawn here; never fail the job
+            from transferlab.runner import gallery
+
+            gallery.write(model, splits, true, pred, probs, t)
+        except Exception as e:
+            c.set_tag(run_id, "gallery", f"not drawn: {type(e).__name__}: {e}"[:500])
         c.log_artifacts(run_id, str(t))
-    return {"test_images": len(true)}
+    from transferlab.runner import reference
+
+    return {"test_images": len(true), **extra.test_metrics(true, pred, probs),
+            **reference.for_job(cfg, splits, hist, scores.loss, c, run_id)}
 
 
 def history(c, run_id: str, mlflow_names: bool = False) -> dict[str, list[float]]:

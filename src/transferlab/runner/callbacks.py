@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import keras
 from mlflow.entities import Metric
 
+
+class _PerJobTracing(logging.Filter):
+    """Drops TensorFlow's "N out of the last N calls ... triggered tf.function retracing"
+    for Keras' own train/test/predict steps.
+
+    Every job builds a new model, so Keras traces its steps once per job (the cost
+    is in ``first_step_seconds``). TensorFlow counts traces per Python code object,
+    across models, so from the fifth job in a worker on it called each job's one
+    trace "retracing" and printed a paragraph per job. Warnings about any other
+    function still show.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("triggered tf.function retracing" in msg and any(
+            f"make_{step}_function" in msg for step in ("train", "test", "predict")))
+
+
+_tf_log = logging.getLogger("tensorflow")
+if not any(isinstance(f, _PerJobTracing) for f in _tf_log.filters):
+    _tf_log.addFilter(_PerJobTracing())
+
 # Keras log names -> the names in the MLflow record (design.md).
-METRIC_NAMES = {"accuracy": "acc", "val_accuracy": "val_acc", "loss": "loss", "val_loss": "val_loss"}
+METRIC_NAMES = {"accuracy": "acc", "val_accuracy": "val_acc", "loss": "loss", "val_loss": "val_loss",
+                "balanced_accuracy": "balanced_acc", "val_balanced_accuracy": "val_balanced_acc"}
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs acc/val_acc/loss/val_loss, the learning rate and the phase per epoch.
+    """Logs acc/val_acc/loss/val_loss, (val_)balanced_acc, the learning rate and the phase per epoch.
 
     Args:
         client: an ``mlflow.MlflowClient``.

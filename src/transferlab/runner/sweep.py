@@ -133,7 +133,10 @@ class SweepCallback(Callback):
                   f"[{r.data.tags.get('hydra_overrides', '')}]: {r.data.tags.get('error', '')[:300]}")
         print(f"[transferlab] MLflow store: {uri}")
         print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")
-        report = self._report(c, uri, Path(config.hydra.sweep.dir) / "report")
+        print(f"[transferlab] then the jobs and their curves: "
+              f"{tracking.runs_view_url(uri, parent.info.experiment_id)}")
+        report = self._report(c, uri, Path(config.hydra.sweep.dir) / "report",
+                              metric=cfg.get("report", {}).get("metric"))
         LAST_SWEEP.clear()
         LAST_SWEEP.update(parent_run_id=self.parent_run_id, tracking_uri=uri, report=report)
         for k in (tracking.ENV_PARENT, tracking.ENV_SWEEP, "TRANSFERLAB_ROOT"):
@@ -144,19 +147,25 @@ class SweepCallback(Callback):
         if failed or lost:
             sys.exit(1)
 
-    def _report(self, c, uri: str, out: Path) -> str | None:
+    def _report(self, c, uri: str, out: Path, metric: str | None = None) -> str | None:
         """The sweep's comparison report: files in the sweep folder, artifacts on the parent."""
         from transferlab.report import log_report_artifacts, write_report
 
         try:
-            paths = write_report(uri, out, run_ids=[self.parent_run_id])
+            paths = write_report(uri, out, run_ids=[self.parent_run_id], metric=metric)
             log_report_artifacts(c, self.parent_run_id, paths)
         except Exception as e:  # the runs are safe in MLflow; `transferlab report` can retry
             print(f"[transferlab] report failed: {type(e).__name__}: {e}. Retry with: "
                   f"transferlab report --tracking-uri {uri} --runs {self.parent_run_id} --out {out}")
             return None
-        print(f"[transferlab] report: {Path(paths['html']).resolve()}")
-        return str(Path(paths["html"]).resolve())
+        html = str(Path(paths["html"]).resolve())
+        try:
+            answer = summarize_parent(c, self.parent_run_id, paths["json"], html)
+        except Exception as e:  # the report itself is written and logged
+            answer = f"(summary not logged on the parent run: {type(e).__name__}: {e})"
+        print(f"[transferlab] {answer}")
+        print(f"[transferlab] report: {html}")
+        return html
 
     # -- single run -----------------------------------------------------
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -177,3 +186,40 @@ class SweepCallback(Callback):
         uri = tracking.tracking_uri(_task_config(config))
         print(f"[transferlab] MLflow store: {uri}")
         print(f"[transferlab] open the dashboard: {tracking.ui_command(uri)}")
+
+
+def summarize_parent(c, parent_run_id: str, summary_json, report_html: str) -> str:
+    """The sweep's answer on its parent run, for the MLflow dashboard; returns it as a line.
+
+    Metrics ``best_<metric>`` (the chosen configuration's validation score) and
+    ``chosen_<test metric>`` (its test estimates), tags ``chosen_config``,
+    ``chosen_run_ids``, ``report``, and the run description (``mlflow.note.content``).
+    """
+    from mlflow.entities import Metric, RunTag
+
+    s = json.loads(Path(summary_json).read_text(encoding="utf-8"))
+    chosen = s.get("chosen")
+    link = f"report: {report_html} (artifact report/report.html)"
+    if not chosen:
+        c.set_tag(parent_run_id, "mlflow.note.content", f"No configuration chosen: {s.get('note')}. {link}")
+        return f"no configuration chosen: {s.get('note')}"
+    metric = s["metric"]
+    now = int(datetime.now().timestamp() * 1000)
+    metrics = [Metric(f"best_{metric}", float(chosen["score"]), now, 0)]
+    metrics += [Metric(f"chosen_{k}", float(v), now, 0) for k, v in chosen["estimates"].items()
+                if v is not None]
+    test = chosen["estimates"].get("test_acc")
+    line = (f"chosen on validation: {chosen['label']} ({metric} {chosen['score']:.3f}, "
+            f"{chosen['n_seeds']} seed(s)); its test accuracy {test:.3f} is the estimate"
+            if test is not None else f"chosen on validation: {chosen['label']}")
+    verdicts = [f"- {v['key']}: {v['candidate']} vs {v['baseline']} ({v['group']}): {v['verdict']}"
+                for v in s.get("comparisons", [])]
+    note = "\n".join([f"**{line}**", "", *(["Verdicts (Holm-adjusted):", *verdicts, ""] if verdicts else []),
+                      *[f"> {w}" for w in s.get("warnings", [])],
+                      *([f"Flagged: {'; '.join(chosen['flags'])}"] if chosen.get("flags") else []),
+                      "", link])
+    tags = {"chosen_config": chosen["label"][:5000], "chosen_run_ids": ",".join(chosen["run_ids"])[:5000],
+            "report": report_html[:5000], "mlflow.note.content": note[:20000]}
+    c.log_batch(parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+    return line
+

@@ -21,6 +21,7 @@ from transferlab.models.freeze import freeze_label
 # or child processes of joblib / submitit) read it back.
 ENV_PARENT = "TRANSFERLAB_PARENT_RUN_ID"
 ENV_SWEEP = "TRANSFERLAB_SWEEP_ID"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 def tracking_uri(cfg: DictConfig) -> str:
     """``tracking.uri`` or the default SQLite store under ``<root>/mlruns``."""
@@ -80,6 +81,22 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+def runs_view_url(uri: str, experiment_id: str, metric: str = "val_acc") -> str:
+    """The MLflow UI page of an experiment's job runs with their training charts.
+
+    MLflow 3's UI opens experiments in its GenAI view unless told otherwise
+    (``workflowType``); sorted by a metric, it lists the jobs themselves instead
+    of folding them under their sweep's parent run, and the chart view draws the
+    listed runs' per-epoch curves. ``uri``: an http(s) tracking server, else the
+    address ``mlflow ui`` serves on (http://127.0.0.1:5000).
+    """
+    from urllib.parse import quote
+
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&compareRunsMode=CHART&orderByKey={quote(f'metrics.`{metric}`')}&orderByAsc=false")
+
+
 def client(uri: str):
     import mlflow
 
@@ -99,9 +116,14 @@ def ensure_experiment(cfg: DictConfig) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
+        if EXPERIMENT_KIND not in exp.tags:  # created before transferlab set it
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
         return exp.experiment_id
     try:
-        return c.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root(cfg))
+        # the MLflow UI opens a "custom model development" experiment on its runs and their
+        # training charts (not on traces, which transferlab does not log)
+        return c.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root(cfg),
+                                   tags={EXPERIMENT_KIND: "custom_model_development"})
     except Exception:  # created meanwhile by another process (mlflow issue 4123)
         exp = c.get_experiment_by_name(cfg.tracking.experiment)
         if exp is None:

@@ -65,6 +65,10 @@ def validate(cfg: DictConfig) -> None:
             "trainer.early_stopping.monitor=val_loss.")
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be > 0, got lr={cfg.lr}. Fix: e.g. lr=1e-4.")
+    metric = cfg.get("report", {}).get("metric", "val_acc")
+    if not str(metric).startswith("val_"):  # ranking on test data would flatter the winner
+        raise ConfigError(f"report.metric={metric}: configurations are ranked on validation data. "
+                          "Fix: report.metric=val_acc, val_balanced_acc or val_loss.")
     if not cfg.trainer.warmup_lr > 0:
         raise ConfigError(f"trainer.warmup_lr must be > 0, got {cfg.trainer.warmup_lr}.")
     if not cfg.optimizer.backbone_lr_mult > 0:
