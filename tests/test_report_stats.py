@@ -116,3 +116,10 @@ def test_distinguishable_needs_test_and_interval():
     assert not stats.distinguishable(0.065, 0.02, 0.10)      # p >= 0.05
     assert not stats.distinguishable(0.01, -0.01, 0.10)      # CI contains 0
     assert not stats.distinguishable(1.0, None, None)
+
+
+def test_pareto_front_keeps_what_nothing_beats_on_cost_and_accuracy():
+    from transferlab.report.plots import pareto
+
+    pts = [(10.0, 0.80), (5.0, 0.70), (20.0, 0.79), (5.0, 0.60), (30.0, 0.90), (1.0, 0.5)]
+    assert pareto(pts) == [(1.0, 0.5), (5.0, 0.70), (10.0, 0.80), (30.0, 0.90)]

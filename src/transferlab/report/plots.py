@@ -126,9 +126,27 @@ def _all_values(table: Table, key: str) -> list:
     return sort_values(key, [c.get(key) for c in table.configs])
 
 
+# x axes of the cost view: metric, label, whether the Pareto front is drawn (deployment costs)
+COSTS = (("train_seconds", "training time [s]", False),
+         ("params_trainable", "trainable parameters", False),
+         ("infer_ms_per_image_b1", "inference latency, batch 1 [ms/image]", True),
+         ("model_size_mb", "model size [MB]", True))
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both cost (lower) and accuracy (higher), by cost."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
 def cost(table: Table) -> list[Figure]:
-    """Per facet: test accuracy vs training time and vs trainable parameters, one point
-    per configuration (mean over seeds, bars = std)."""
+    """Per facet: test accuracy vs training time, trainable parameters, measured inference
+    latency and model size, one point per configuration (mean over seeds, bars = std);
+    the latency and size panels mark the Pareto front (nothing both cheaper and better)."""
     colours = _colours(_all_values(table, table.cols_key))
     markers = {v: MARKERS[i % len(MARKERS)]
                for i, v in enumerate(_all_values(table, table.rows_key))}
@@ -138,24 +156,32 @@ def cost(table: Table) -> list[Figure]:
                 and all(c.get(k) == v for k, v in m.facet.items())]
         if not cfgs:
             continue
-        fig = MplFigure(figsize=(10, 3.8))
-        axes = fig.subplots(1, 2)
-        for ax, metric, xlabel in ((axes[0], "train_seconds", "training time [s]"),
-                                   (axes[1], "params_trainable", "trainable parameters")):
-            xs = []
+        costs = [c for c in COSTS if any(cfg.stat(c[0]) for cfg in cfgs)]  # older runs lack latency
+        fig = MplFigure(figsize=(10, 3.6 * ((len(costs) + 1) // 2)))
+        axes = np.atleast_1d(fig.subplots((len(costs) + 1) // 2, 2)).ravel()
+        for ax, (metric, xlabel, front) in zip(axes, costs):
+            pts = []
             for cfg in cfgs:
                 acc, x = cfg.stat("test_acc"), cfg.stat(metric)
                 if acc is None or x is None:
                     continue
-                xs.append(x[0])
+                pts.append((x[0], acc[0]))
                 ax.errorbar(x[0], acc[0], yerr=acc[1] or 0.0, xerr=x[1] or 0.0, ls="none",
                             marker=markers[cfg.get(table.rows_key)], ms=7, capsize=2,
                             color=colours[cfg.get(table.cols_key)])
+            xs = [p[0] for p in pts]
             if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
                 ax.set_xscale("log")
+            if front and len(pts) > 1:
+                fx, fy = zip(*pareto(pts))
+                ax.plot(fx, fy, ls="--", color="0.4", lw=1, drawstyle="steps-post",
+                        label="Pareto front", zorder=0)
+                ax.legend(loc="lower right", fontsize=7, frameon=False)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test accuracy")
             ax.grid(alpha=0.3)
+        for ax in axes[len(costs):]:
+            ax.set_visible(False)
         used_c = {c.get(table.cols_key) for c in cfgs}
         used_r = {c.get(table.rows_key) for c in cfgs}
         handles = [Line2D([], [], color=c, marker="s", ls="none", label=f"{table.cols_key}={v}")
@@ -166,9 +192,11 @@ def cost(table: Table) -> list[Figure]:
         fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
         title = "Cost vs accuracy" + (f" ({_facet_text(m.facet)})" if m.facet else "")
         fig.suptitle(title, fontsize=10)
-        fig.subplots_adjust(left=0.07, right=0.78, bottom=0.14, top=0.88, wspace=0.28)
+        fig.subplots_adjust(left=0.07, right=0.78, bottom=0.1, top=0.92, wspace=0.28, hspace=0.4)
         out.append(Figure(f"cost-{mi}", title, "One point per configuration: mean over "
-                          "seeds, bars = ±1 std.", _png(fig)))
+                          "seeds, bars = ±1 std. Latency and size are measured on the "
+                          "machine that trained the job (its trained classifier, warm); "
+                          "the dashed line is the Pareto front.", _png(fig)))
     return out
 
 
