@@ -8,6 +8,7 @@ import sys
 import time
 
 import mlflow
+from mlflow.entities import ViewType
 
 from conftest import ROOT, TINY
 from test_sweep_e2e import PER_EPOCH, runs_of
@@ -86,4 +87,13 @@ def test_kill_during_job_2_then_rerun_resumes_without_duplicates(tmp_path):
             assert steps == [0, 1, 2], (r.data.tags["mlflow.runName"], m, steps)
     resumed = client.get_run(killed_run)
     assert resumed.data.tags["resumed"].startswith("after epoch")
+    # Nothing stays RUNNING: the killed sweep's parent, whose process is gone, was closed
+    # as KILLED by the rerun, saying why; the rerun's parent FINISHED.
+    exp = client.get_experiment_by_name("transferlab")
+    every = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
+    assert [r.info.status for r in every if r.info.status == "RUNNING"] == []
+    parents, _ = runs_of(client)
+    assert [p.info.status for p in parents] == ["KILLED", "FINISHED"]
+    assert "is gone" in parents[0].data.tags["transferlab.closed"]
+    assert resumed.data.tags["mlflow.parentRunId"] == parents[1].info.run_id
     assert not any((tmp_path / "mlruns" / "backups").iterdir())  # cleaned after finishing

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.config.schema import NON_RESULT_KEYS
 from transferlab.models.freeze import freeze_label
+from transferlab.runner import lease, store
 
 # The launching process puts the sweep's identity here; jobs (same process,
 # or child processes of joblib / submitit) read it back.
@@ -81,9 +82,31 @@ def ui_command(uri: str) -> str:
 
 
 def client(uri: str):
+    """An ``MlflowClient`` on ``uri``, once a SQLite store's schema is complete (store.py)."""
     import mlflow
 
+    store.ensure_schema(uri)
     return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def claim_lock(uri: str):
+    """Serialises claiming a job's run among processes sharing a SQLite store.
+
+    Yields True where the lock holds (a ``sqlite:///`` store: ``flock`` beside
+    the file); False for other stores, where job.py settles races by re-reading.
+    """
+    import contextlib
+
+    db = store.sqlite_path(uri)
+    if db is None:
+        return contextlib.nullcontext(False)
+
+    @contextlib.contextmanager
+    def held():
+        with store.file_lock(db.resolve().with_name(db.name + ".claim.lock")):
+            yield True
+
+    return held()
 
 
 def ensure_experiment(cfg: DictConfig) -> str:
@@ -160,13 +183,23 @@ def find_runs(c, experiment_id: str, chash: str, status: str | None = None):
 
 
 def start_sweep(cfg: DictConfig, sweep_id: str, sweep_dir: str | None) -> str:
-    """Creates the sweep's parent run and exports its id to the jobs."""
-    c = client(tracking_uri(cfg))
+    """Creates the sweep's parent run and exports its id to the jobs.
+
+    First closes the runs of the store whose owner is dead (a sweep killed
+    with ``kill -9``: its parent and its job would otherwise stay RUNNING);
+    the new parent is owned by this process, its lease renewed until the
+    sweep closes it (lease.py).
+    """
+    uri = tracking_uri(cfg)
+    c = client(uri)
     exp_id = ensure_experiment(cfg)
-    tags = {"sweep_id": sweep_id, "transferlab.role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"}
+    lease.reap(c)
+    tags = {"sweep_id": sweep_id, "transferlab.role": "sweep", "mlflow.runName": f"sweep-{sweep_id}",
+            **lease.owner_tags()}
     if sweep_dir:
         tags["sweep_dir"] = str(sweep_dir)
     run = c.create_run(exp_id, tags=tags)
+    lease.HEARTBEAT.add(uri, run.info.run_id)
     os.environ[ENV_PARENT] = run.info.run_id
     os.environ[ENV_SWEEP] = sweep_id
     return run.info.run_id
