@@ -68,12 +68,22 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() not in ("true", "1")
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout, verify=verify)
+        # A server with sign-in (server.py: basic-auth) answers 401 without valid credentials.
+        user, pw = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        r = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                         timeout=timeout, verify=verify, auth=(user, pw) if user and pw else None)
     except requests.RequestException as e:
         raise TrackingUnreachable(
             f"MLflow tracking server {uri} is not reachable ({type(e).__name__}: "
             f"{str(e)[:300]}). Start it (e.g. mlflow server --host 127.0.0.1 --port 5000), "
             "fix tracking.uri, or drop tracking.uri to use the local SQLite store "
             "under mlruns/.") from None
+    if r.status_code in (401, 403):
+        raise TrackingUnreachable(
+            f"MLflow tracking server {uri} requires sign-in and refused "
+            + (f"user {user!r} ({r.status_code})" if user else f"a request without credentials ({r.status_code})")
+            + ". Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (an account made with "
+            "`python -m transferlab.server add-user`).")
 
 
 def ui_command(uri: str) -> str:

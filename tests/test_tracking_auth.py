@@ -1,0 +1,83 @@
+"""A tracking server reachable beyond this host asks for a sign-in (MLflow's basic-auth
+app); sweeps sign in with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+
+The server here listens on 127.0.0.1 only, with sign-in switched on as
+``up --host 0.0.0.0`` switches it on; SQLite backend (no PostgreSQL needed).
+"""
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from conftest import ROOT, TINY
+from transferlab import server
+
+
+def test_sign_in_is_on_exactly_beyond_loopback():
+    assert server.needs_auth("0.0.0.0") and server.needs_auth("192.168.1.5") and server.needs_auth("::")
+    assert not server.needs_auth("127.0.0.1") and not server.needs_auth("localhost")
+    assert server.needs_auth("127.0.0.1", "on") and not server.needs_auth("0.0.0.0", "off")
+
+
+def test_admin_password_generated_once_mode_0600(tmp_path):
+    env, shown = server.auth_env(tmp_path)
+    kept = tmp_path / "auth" / "admin_password"
+    assert shown and kept.read_text().strip() == shown == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    env2, shown2 = server.auth_env(tmp_path)
+    assert shown2 is None and env2 == env  # printed once, the same afterwards
+
+
+@pytest.mark.slow
+def test_anonymous_gets_401_and_a_signed_in_sweep_logs(tmp_path):
+    root = Path(tempfile.mkdtemp(prefix="tlauth", dir="/tmp"))
+    port = server.free_port()
+    url = f"http://127.0.0.1:{port}"
+    env, _ = server.auth_env(root)
+    proc = server.start_mlflow(f"sqlite:///{root}/mlflow.db", root / "artifacts", port=port,
+                               log=root / "mlflow-server.log", timeout=150, auth=env)
+    try:
+        search = f"{url}/api/2.0/mlflow/experiments/search"
+        assert requests.get(search, params={"max_results": 1}, timeout=30).status_code == 401
+        assert requests.get(search, params={"max_results": 1}, auth=("admin", "wrong"),
+                            timeout=30).status_code == 401
+        password = server.add_user(url, root, "alice")  # README: how to add a user
+        assert requests.get(search, params={"max_results": 1}, auth=("alice", password),
+                            timeout=30).status_code == 200
+
+        work = tmp_path / "worker"
+        work.mkdir()
+        cmd = [sys.executable, str(ROOT / "run.py"), "-m", *TINY, "tracking=server", f"tracking.uri={url}",
+               f"hydra.sweep.dir={work}/multirun"]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRANSFERLAB_ROOT"))}
+        # Without credentials: stopped in seconds, before TensorFlow, saying what to set.
+        p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120, env=clean)
+        assert p.returncode == 2 and "MLFLOW_TRACKING_USERNAME" in p.stderr, p.stdout[-2000:] + p.stderr[-2000:]
+
+        signed_in = {**clean, "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": password}
+        p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600, env=signed_in)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        os.environ.update(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=password)
+        try:
+            c = mlflow.MlflowClient(url)
+            exp = c.get_experiment_by_name("transferlab")
+            runs = c.search_runs([exp.experiment_id])
+            assert sorted(r.data.tags["transferlab.role"] for r in runs) == ["job", "sweep"]
+            assert all(r.info.status == "FINISHED" for r in runs)
+            job = next(r for r in runs if r.data.tags["transferlab.role"] == "job")
+            assert [h.step for h in c.get_metric_history(job.info.run_id, "loss")] == [0]
+            assert "test_predictions.csv" in {a.path for a in c.list_artifacts(job.info.run_id)}
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_USERNAME")
+            os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+    finally:
+        server.stop_process(proc)
+        shutil.rmtree(root, ignore_errors=True)
