@@ -134,3 +134,36 @@ def test_a_job_run_by_a_live_process_is_left_to_it_then_taken_over_once_it_dies(
     assert r.data.tags["resumed_from_owner"] == f"{lease.HOST}:{live_process.pid}"
     lease.HEARTBEAT.remove(r.info.run_id)
     c.set_terminated(r.info.run_id, "KILLED")
+
+
+def test_a_server_gone_past_the_retries_stops_the_job_with_one_message_and_it_resumes(
+        compose, tmp_path, monkeypatch, capsys):
+    """MLflow retries every request for minutes; past that the job stops, the run stays
+    open (nothing can be recorded) and the next run of the command resumes it."""
+    import requests
+
+    from transferlab.runner import callbacks
+
+    cfg = compose([*TINY, "trainer.epochs=3"])
+    log = callbacks.MlflowEpochLogger.on_epoch_end
+
+    def server_gone(self, epoch, logs=None):
+        if epoch == 1:
+            raise requests.ConnectionError("Max retries exceeded with url: /api/2.0/mlflow/runs/log-batch "
+                                           "(Caused by NewConnectionError: Connection refused)")
+        return log(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.MlflowEpochLogger, "on_epoch_end", server_gone)
+    with pytest.raises(tracking.TrackingUnreachable, match="Nothing is lost: run .* resumes"):
+        job.run(cfg)
+    c = tracking.client(tracking.tracking_uri(cfg))
+    (run,) = c.search_runs([c.get_experiment_by_name("transferlab").experiment_id])
+    assert run.info.status == "RUNNING"  # what a dead server leaves: nothing recorded
+    monkeypatch.setattr(callbacks.MlflowEpochLogger, "on_epoch_end", log)  # the server is back
+    out = job.run(cfg)
+    assert out["run_id"] == run.info.run_id and not out.get("skipped")
+    assert f"continues MLflow run {run.info.run_id}" in capsys.readouterr().out
+    r = c.get_run(run.info.run_id)
+    assert r.info.status == "FINISHED" and "gave it up" in r.data.tags[lease.CLOSED]
+    for m in ("acc", "val_acc", "loss", "val_loss"):
+        assert sorted(h.step for h in c.get_metric_history(run.info.run_id, m)) == [0, 1, 2], m

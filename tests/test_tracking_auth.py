@@ -1,5 +1,6 @@
 """A tracking server reachable beyond this host asks for a sign-in (MLflow's basic-auth
-app); sweeps sign in with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+app); sweeps sign in with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, and
+outlive a restart of the server.
 
 The server here listens on 127.0.0.1 only, with sign-in switched on as
 ``up --host 0.0.0.0`` switches it on; SQLite backend (no PostgreSQL needed).
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -19,6 +21,7 @@ import requests
 
 from conftest import ROOT, TINY
 from transferlab import server
+from transferlab.runner import tracking
 
 
 def test_sign_in_is_on_exactly_beyond_loopback():
@@ -36,14 +39,21 @@ def test_admin_password_generated_once_mode_0600(tmp_path):
     assert shown2 is None and env2 == env  # printed once, the same afterwards
 
 
+def _start(root, port, env):
+    return server.start_mlflow(f"sqlite:///{root}/mlflow.db", root / "artifacts", port=port,
+                               log=root / "mlflow-server.log", timeout=150, auth=env)
+
+
 @pytest.mark.slow
-def test_anonymous_gets_401_and_a_signed_in_sweep_logs(tmp_path):
+def test_anonymous_gets_401_a_signed_in_sweep_logs_and_outlives_a_server_restart(tmp_path):
+    """Sign-in, then the server is stopped for 30 s in the middle of the sweep's job and
+    started again: the job waits (MLflow retries its requests), then goes on."""
     root = Path(tempfile.mkdtemp(prefix="tlauth", dir="/tmp"))
     port = server.free_port()
     url = f"http://127.0.0.1:{port}"
     env, _ = server.auth_env(root)
-    proc = server.start_mlflow(f"sqlite:///{root}/mlflow.db", root / "artifacts", port=port,
-                               log=root / "mlflow-server.log", timeout=150, auth=env)
+    proc = _start(root, port, env)
+    sweep = None
     try:
         search = f"{url}/api/2.0/mlflow/experiments/search"
         assert requests.get(search, params={"max_results": 1}, timeout=30).status_code == 401
@@ -55,16 +65,33 @@ def test_anonymous_gets_401_and_a_signed_in_sweep_logs(tmp_path):
 
         work = tmp_path / "worker"
         work.mkdir()
-        cmd = [sys.executable, str(ROOT / "run.py"), "-m", *TINY, "tracking=server", f"tracking.uri={url}",
-               f"hydra.sweep.dir={work}/multirun"]
+        cmd = [sys.executable, str(ROOT / "run.py"), "-m", *TINY, "trainer.epochs=3",
+               "trainer.steps_per_epoch=25", "runtime.feature_cache=off", "tracking=server",
+               f"tracking.uri={url}", f"hydra.sweep.dir={work}/multirun"]
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRANSFERLAB_ROOT"))}
-        # Without credentials: stopped in seconds, before TensorFlow, saying what to set.
-        p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120, env=clean)
-        assert p.returncode == 2 and "MLFLOW_TRACKING_USERNAME" in p.stderr, p.stdout[-2000:] + p.stderr[-2000:]
+        # Without credentials a sweep stops at its first contact, saying what to set.
+        with pytest.raises(tracking.TrackingUnreachable, match="MLFLOW_TRACKING_USERNAME"):
+            tracking.check_reachable(url)
 
         signed_in = {**clean, "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": password}
-        p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600, env=signed_in)
-        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        sweep = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=signed_in)
+        s = requests.Session()
+        s.auth = ("alice", password)
+        deadline = time.time() + 300
+        while time.time() < deadline and sweep.poll() is None:  # until the job logged epoch 0
+            runs = s.post(f"{url}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]},
+                          timeout=30).json().get("runs", [])
+            if any(m["key"] == "loss" for r in runs for m in r["data"].get("metrics", [])
+                   if r["data"].get("tags") and {"key": "transferlab.role", "value": "job"} in r["data"]["tags"]):
+                break
+            time.sleep(0.5)
+        assert sweep.poll() is None, "the sweep ended before the restart: " + sweep.communicate()[0][-3000:]
+        server.stop_process(proc, timeout=5)
+        time.sleep(30)
+        proc = _start(root, port, env)
+        out = sweep.communicate(timeout=600)[0]
+        assert sweep.returncode == 0, out[-4000:]
         os.environ.update(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=password)
         try:
             c = mlflow.MlflowClient(url)
@@ -73,11 +100,14 @@ def test_anonymous_gets_401_and_a_signed_in_sweep_logs(tmp_path):
             assert sorted(r.data.tags["transferlab.role"] for r in runs) == ["job", "sweep"]
             assert all(r.info.status == "FINISHED" for r in runs)
             job = next(r for r in runs if r.data.tags["transferlab.role"] == "job")
-            assert [h.step for h in c.get_metric_history(job.info.run_id, "loss")] == [0]
+            for m in ("acc", "val_acc", "loss", "val_loss"):
+                assert sorted(h.step for h in c.get_metric_history(job.info.run_id, m)) == [0, 1, 2], m
             assert "test_predictions.csv" in {a.path for a in c.list_artifacts(job.info.run_id)}
         finally:
             os.environ.pop("MLFLOW_TRACKING_USERNAME")
             os.environ.pop("MLFLOW_TRACKING_PASSWORD")
     finally:
+        if sweep is not None and sweep.poll() is None:
+            sweep.kill()
         server.stop_process(proc)
         shutil.rmtree(root, ignore_errors=True)

@@ -91,6 +91,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     validate(cfg)
     info = data.scan(data.dataset_path(cfg))  # data errors before a run is created
     uri = tracking.tracking_uri(cfg)
+    if os.environ.get(tracking.ENV_PARENT):
+        tracking.wait_reachable(uri)  # the sweep reached it: a restart is waited for
     c = tracking.client(uri)
     exp_id = tracking.ensure_experiment(cfg)
     chash, extra = identity(cfg, info, uri)
@@ -133,6 +135,16 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
         out = train_and_log(cfg, info, c, run_id, backup_dir, logged_until)
     except BaseException as e:  # KeyboardInterrupt too: never leave a run RUNNING
+        if tracking.is_unreachable(e):
+            # Every request was retried for minutes (tracking.Patient): nothing can be recorded now.
+            # The run stays open; its owner gone, the next run of the command closes it and
+            # resumes it from its last backup.
+            lease.HEARTBEAT.remove(run_id)
+            raise tracking.TrackingUnreachable(
+                f"the tracking server {uri} stopped answering and did not come back within "
+                f"{tracking.wait_seconds():.0f} s ({tracking.ENV_WAIT}). Nothing is lost: run "
+                f"{run_id} resumes from its last completed epoch when the same command runs "
+                "again once the server is back.") from e
         c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp, "traceback.txt")
@@ -198,7 +210,7 @@ def _claim(c, uri: str, exp_id: str, chash: str, backup_dir: Path, tags: dict, c
             return _skip_finished(cfg, c, parent, chash, finished[0])
         for r in earlier:
             if r.info.status == "RUNNING":
-                alive, why = lease.owner_alive(r.data.tags)
+                alive, why = lease.owner_alive(r.data.tags, run_id=r.info.run_id)
                 if alive:
                     return _running_elsewhere(cfg, c, parent, chash, r, why)
         run_id, logged_until = _resume_or_create(c, exp_id, earlier, backup_dir, tags)
@@ -210,7 +222,7 @@ def _claim(c, uri: str, exp_id: str, chash: str, backup_dir: Path, tags: dict, c
     time.sleep(CLAIM_SETTLE_SECONDS)
     me = c.get_run(run_id)
     rivals = [r for r in tracking.find_runs(c, exp_id, chash, status="RUNNING")
-              if r.info.run_id != run_id and lease.owner_alive(r.data.tags)[0]]
+              if r.info.run_id != run_id and lease.owner_alive(r.data.tags, run_id=r.info.run_id)[0]]
     first = min([me, *rivals], key=lambda r: (r.info.start_time, r.info.run_id))
     if lease.mine(me.data.tags) and first is me:
         return run_id, logged_until

@@ -86,8 +86,12 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def owner_alive(tags: dict, now: float | None = None) -> tuple[bool, str]:
-    """(whether the run's owner still runs it, why), from the run's tags."""
+def owner_alive(tags: dict, now: float | None = None, run_id: str | None = None) -> tuple[bool, str]:
+    """(whether the run's owner still runs it, why), from the run's tags.
+
+    With ``run_id``, a run owned by this very process that it no longer
+    holds (``HEARTBEAT``) counts as given up.
+    """
     owner = tags.get(OWNER)
     if not owner:
         return False, "no owner recorded (a run from before transferlab recorded owners)"
@@ -95,6 +99,10 @@ def owner_alive(tags: dict, now: float | None = None) -> tuple[bool, str]:
     machine, _, start = tags.get(OWNER_ID, "").rpartition("@")
     if machine == _machine():
         import psutil
+
+        if owner == f"{HOST}:{os.getpid()}" and tags.get(OWNER_ID) == owner_tags()[OWNER_ID]:
+            if run_id is not None and run_id not in HEARTBEAT.owned():
+                return False, "this process gave it up (its tracking server stopped answering)"
 
         try:
             started = _started(int(pid))
@@ -142,11 +150,11 @@ def reap(c, experiment_ids: list[str] | None = None) -> list[str]:
         for r in runs:
             if ROLE not in r.data.tags:
                 continue  # not ours
-            alive, why = owner_alive(r.data.tags)
+            alive, why = owner_alive(r.data.tags, run_id=r.info.run_id)
             if alive:
                 continue
             r = c.get_run(r.info.run_id)  # owner changed meanwhile (taken over)?
-            if r.info.status != "RUNNING" or owner_alive(r.data.tags)[0]:
+            if r.info.status != "RUNNING" or owner_alive(r.data.tags, run_id=r.info.run_id)[0]:
                 continue
             close(c, r, why)
             closed.append(r.info.run_id)
@@ -207,6 +215,10 @@ class Heartbeat:
 
         for run_id, uri in self.owned().items():
             with contextlib.suppress(Exception):
+                if uri.startswith(("http://", "https://")):
+                    import requests  # a server that is down: no minutes of MLflow retries at exit
+
+                    requests.get(uri.rstrip("/") + "/health", timeout=2)
                 c = mlflow.MlflowClient(uri)
                 r = c.get_run(run_id)
                 if r.info.status == "RUNNING" and mine(r.data.tags):

@@ -86,17 +86,129 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             "`python -m transferlab.server add-user`).")
 
 
+# How long a job of a running sweep waits for its tracking server (restarting, say)
+# before it gives up; the sweep's first contact still fails in seconds.
+ENV_WAIT = "TRANSFERLAB_TRACKING_WAIT"
+
+
+def wait_seconds() -> float:
+    try:
+        return float(os.environ.get(ENV_WAIT, 300))
+    except ValueError:
+        return 300.0
+
+
+def wait_reachable(uri: str, seconds: float | None = None) -> None:
+    """``check_reachable``, retried for up to ``seconds`` (default ``$TRANSFERLAB_TRACKING_WAIT``, 300)."""
+    import time
+
+    deadline = time.monotonic() + (wait_seconds() if seconds is None else seconds)
+    said = False
+    while True:
+        try:
+            return check_reachable(uri)
+        except TrackingUnreachable as e:
+            if time.monotonic() > deadline or "requires sign-in" in str(e):
+                raise
+            if not said:
+                print(f"[transferlab] tracking server {uri} not answering; waiting up to "
+                      f"{deadline - time.monotonic():.0f} s for it ({ENV_WAIT})", flush=True)
+                said = True
+            time.sleep(2)
+
+
+# What MLflow's error says once its retries gave up on a server that is away (not one
+# that answers with an error: a 500 is a bug, not a restart).
+_UNREACHABLE = ("NewConnectionError", "Connection refused", "Connection aborted", "RemoteDisconnected",
+                "ConnectionResetError", "Read timed out", "too many 502 error", "too many 503 error",
+                "too many 504 error")
+
+
+def is_unreachable(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is a tracking server that stopped answering."""
+    import requests
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.ConnectionError, requests.Timeout, TrackingUnreachable)):
+            return True
+        text = str(e)
+        if any(m in text for m in _UNREACHABLE):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def ui_command(uri: str) -> str:
     """The exact ``mlflow ui`` line for a store."""
     return f"mlflow ui --backend-store-uri {uri}"
 
 
 def client(uri: str):
-    """An ``MlflowClient`` on ``uri``, once a SQLite store's schema is complete (store.py)."""
+    """An ``MlflowClient`` on ``uri``: once a SQLite store's schema is complete (store.py);
+    for a tracking server, one that waits for the server through a restart (``Patient``)."""
     import mlflow
 
     store.ensure_schema(uri)
-    return mlflow.MlflowClient(tracking_uri=uri)
+    c = mlflow.MlflowClient(tracking_uri=uri)
+    if uri.startswith(("http://", "https://")):
+        # MLflow's own retries back off exponentially (7 retries, factor 2: a server back
+        # after 70 s is seen after 124 s); a few quick ones, then Patient's steady polling.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        return Patient(c, uri)
+    return c
+
+
+class Patient:
+    """An ``MlflowClient`` whose calls wait for a tracking server that stopped answering.
+
+    A call that fails because the server is unreachable (connection refused,
+    timeouts, 502/503 past MLflow's own retries) is retried every
+    ``POLL_SECONDS`` for up to ``$TRANSFERLAB_TRACKING_WAIT`` seconds (300),
+    saying once that it waits and once that the server is back; past that it
+    raises ``TrackingUnreachable``. The job's training waits meanwhile, so no
+    epoch is backed up before it is logged.
+    """
+
+    POLL_SECONDS = 3.0
+
+    def __init__(self, c, uri: str):
+        self._c, self._uri = c, uri
+
+    def __getattr__(self, name):
+        attr = getattr(self._c, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            import time
+
+            deadline = None
+            while True:
+                try:
+                    out = attr(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 (re-raised unless the server is away)
+                    if not is_unreachable(e):
+                        raise
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + wait_seconds()
+                        print(f"[transferlab] tracking server {self._uri} stopped answering "
+                              f"({type(e).__name__}); waiting up to {wait_seconds():.0f} s ({ENV_WAIT})",
+                              flush=True)
+                    if now > deadline:
+                        raise TrackingUnreachable(
+                            f"MLflow tracking server {self._uri} did not answer for "
+                            f"{wait_seconds():.0f} s ({ENV_WAIT})") from e
+                    time.sleep(self.POLL_SECONDS)
+                    continue
+                if deadline is not None:
+                    print(f"[transferlab] tracking server {self._uri} is back", flush=True)
+                return out
+
+        return call
 
 
 def claim_lock(uri: str):
