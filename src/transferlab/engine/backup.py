@@ -16,6 +16,8 @@ from pathlib import Path
 
 import keras
 
+from transferlab.engine.diskfull import writing
+
 # h5-1: every variable in the epoch's file; h5-2: the frozen ones in constant.h5, once.
 _FORMATS = ("transferlab-h5-1", "transferlab-h5-2")
 _CONSTANT = "constant.h5"
@@ -27,15 +29,21 @@ def _state_variables(model) -> list:
 
 
 def _write_h5(path: Path, arrays: dict, paths: list) -> None:
-    """Datasets named by variable index, written to a new file, then renamed into place."""
+    """Datasets named by variable index, written to a new file, then renamed into place.
+
+    Raises:
+        DiskFull: no space left (the new file removed; the previous state stays).
+    """
     import h5py
 
     tmp = path.with_name(f"tmp-{path.name}")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["paths"] = paths  # for people reading the file
-        for i, a in arrays.items():
-            f.create_dataset(str(i), data=a)
-    os.replace(tmp, path)
+    needed = sum(a.nbytes for a in arrays.values()) + 64 * 1024
+    with writing(path, needed, partial=(tmp,)):
+        with h5py.File(tmp, "w") as f:
+            f.attrs["paths"] = paths  # for people reading the file
+            for i, a in arrays.items():
+                f.create_dataset(str(i), data=a)
+        os.replace(tmp, path)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -205,8 +213,9 @@ class EpochBackup(keras.callbacks.Callback):
             keep.add(es["weights"])
             state["early_stopping"] = es
         state_tmp = self.folder / "state.json.tmp"
-        state_tmp.write_text(json.dumps(state))
-        os.replace(state_tmp, self.folder / "state.json")
+        with writing(self.folder / "state.json", 4096, partial=(state_tmp, self.folder / name)):
+            state_tmp.write_text(json.dumps(state))
+            os.replace(state_tmp, self.folder / "state.json")
         for old in [*self.folder.glob("*.weights.h5"), *self.folder.glob("best*.h5")]:
             if old.name not in keep:
                 old.unlink()

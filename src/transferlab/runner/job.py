@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from transferlab import data
+from transferlab.engine import diskfull
 from transferlab.models import pretrained
 from transferlab.models.freeze import freeze_label
 from transferlab.models.registry import input_size
@@ -146,11 +147,14 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
                 f"{run_id} resumes from its last completed epoch when the same command runs "
                 "again once the server is back.") from e
         c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp, "traceback.txt")
-            p.write_text(traceback.format_exc())
-            c.log_artifact(run_id, str(p))
-        c.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        full = diskfull.is_full(e)
+        if not full:  # with the disk full, the traceback would not fit either
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp, "traceback.txt")
+                p.write_text(traceback.format_exc())
+                c.log_artifact(run_id, str(p))
+        # KILLED: resumable by the next run of the command (Ctrl-C; a full disk, once freed)
+        c.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) or full else "FAILED")
         lease.HEARTBEAT.remove(run_id)
         raise
     from transferlab.engine.backup import clear_backup
