@@ -127,3 +127,4 @@ def test_a_job_stopped_by_a_full_disk_resumes_once_there_is_space(compose, monke
     r = c.get_run(run.info.run_id)
     assert r.info.status == "FINISHED" and r.data.tags["resumed"] == "after epoch 1"
     assert sorted(h.step for h in c.get_metric_history(run.info.run_id, "loss")) == [0, 1]
+

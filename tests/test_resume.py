@@ -8,6 +8,7 @@ import sys
 import time
 
 import mlflow
+import pytest
 from mlflow.entities import ViewType
 
 from conftest import ROOT, TINY
@@ -135,3 +136,31 @@ def test_kill_between_first_logged_epoch_and_first_backup_keeps_the_run(tmp_path
     assert [r.info.status for r in parents] == ["KILLED", "FINISHED"]
     every = client.search_runs([run.info.experiment_id], run_view_type=ViewType.ALL)
     assert not [r for r in every if r.info.status == "RUNNING"]
+
+
+def test_a_job_killed_on_one_host_resumes_on_another_through_a_shared_backup_folder(
+        compose, tmp_path, monkeypatch, capsys):
+    """Two roots stand for two hosts: one store (a tracking server's stand-in), backups in
+    a folder both see (runtime.backup_dir)."""
+    from transferlab.runner import callbacks, job, tracking
+
+    shared = [f"tracking.uri=sqlite:///{tmp_path}/shared/mlflow.db", f"runtime.backup_dir={tmp_path}/shared/backups"]
+    host_a = compose([*TINY, "trainer.epochs=3", *shared], root=tmp_path / "a")
+    log = callbacks.MlflowEpochLogger.on_epoch_end
+
+    def killed_in_epoch_2(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return log(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.MlflowEpochLogger, "on_epoch_end", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        job.run(host_a)
+    monkeypatch.setattr(callbacks.MlflowEpochLogger, "on_epoch_end", log)
+    host_b = compose([*TINY, "trainer.epochs=3", *shared], root=tmp_path / "b")
+    run_id = job.run(host_b)["run_id"]
+    assert f"continues MLflow run {run_id} after epoch 1" in capsys.readouterr().out
+    c = tracking.client(tracking.tracking_uri(host_b))
+    assert c.get_run(run_id).info.status == "FINISHED"
+    assert sorted(h.step for h in c.get_metric_history(run_id, "loss")) == [0, 1, 2]
+    assert not (tmp_path / "a" / "mlruns" / "backups").exists()

@@ -44,8 +44,10 @@ def artifact_root(cfg: DictConfig) -> str | None:
 
 
 def backup_dir(cfg: DictConfig, chash: str) -> Path:
-    """Where a job keeps its BackupAndRestore state until it finishes."""
-    return default_store_dir(cfg) / "backups" / chash
+    """Where a job keeps its per-epoch backups until it finishes (``runtime.backup_dir``:
+    a folder shared by every host, so another host can resume the job)."""
+    shared = cfg.runtime.get("backup_dir")
+    return (Path(shared).expanduser().resolve() if shared else default_store_dir(cfg) / "backups") / chash
 
 
 class TrackingUnreachable(RuntimeError):
