@@ -8,6 +8,8 @@ import sys
 import time
 
 import mlflow
+import pytest
+from mlflow.entities import ViewType
 
 from conftest import ROOT, TINY
 from test_sweep_e2e import PER_EPOCH, runs_of
@@ -86,4 +88,79 @@ def test_kill_during_job_2_then_rerun_resumes_without_duplicates(tmp_path):
             assert steps == [0, 1, 2], (r.data.tags["mlflow.runName"], m, steps)
     resumed = client.get_run(killed_run)
     assert resumed.data.tags["resumed"].startswith("after epoch")
+    # Nothing stays RUNNING: the killed sweep's parent, whose process is gone, was closed
+    # as KILLED by the rerun, saying why; the rerun's parent FINISHED.
+    exp = client.get_experiment_by_name("transferlab")
+    every = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
+    assert [r.info.status for r in every if r.info.status == "RUNNING"] == []
+    parents, _ = runs_of(client)
+    assert [p.info.status for p in parents] == ["KILLED", "FINISHED"]
+    assert "is gone" in parents[0].data.tags["transferlab.closed"]
+    assert resumed.data.tags["mlflow.parentRunId"] == parents[1].info.run_id
     assert not any((tmp_path / "mlruns" / "backups").iterdir())  # cleaned after finishing
+
+
+# Kills its own process when the first backup is about to be written: after epoch 0 is
+# logged to MLflow (the logger runs before the backup), before any backup is on disk.
+DIE_AT_FIRST_BACKUP = """
+import os, signal, sys
+from transferlab.engine import backup
+backup.EpochBackup._write = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+from transferlab.app import main
+main(sys.argv[1:])
+"""
+
+
+def test_kill_between_first_logged_epoch_and_first_backup_keeps_the_run(tmp_path):
+    args = ["-m", *TINY, "trainer.epochs=2", "runtime.isolate=off", f"root_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path}/multirun"]
+    p = subprocess.run([sys.executable, "-c", DIE_AT_FIRST_BACKUP, *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == -signal.SIGKILL, p.stdout[-3000:] + p.stderr[-3000:]
+    db = tmp_path / "mlruns" / "mlflow.db"
+    (killed_run, steps), = _job_steps(db).items()
+    assert steps == [0]
+    assert not list((tmp_path / "mlruns" / "backups").glob("*/phase1/state.json"))
+
+    p = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"continues MLflow run {killed_run} from epoch 0" in p.stdout
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    parents, children = runs_of(client)
+    assert [r.info.run_id for r in children] == [killed_run]  # kept, not closed and replaced
+    run = children[0]
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"].startswith("from epoch 0")
+    for m in PER_EPOCH + ("lr", "phase"):
+        assert sorted(h.step for h in client.get_metric_history(killed_run, m)) == [0, 1], m
+    assert [r.info.status for r in parents] == ["KILLED", "FINISHED"]
+    every = client.search_runs([run.info.experiment_id], run_view_type=ViewType.ALL)
+    assert not [r for r in every if r.info.status == "RUNNING"]
+
+
+def test_a_job_killed_on_one_host_resumes_on_another_through_a_shared_backup_folder(
+        compose, tmp_path, monkeypatch, capsys):
+    """Two roots stand for two hosts: one store (a tracking server's stand-in), backups in
+    a folder both see (runtime.backup_dir)."""
+    from transferlab.runner import callbacks, job, tracking
+
+    shared = [f"tracking.uri=sqlite:///{tmp_path}/shared/mlflow.db", f"runtime.backup_dir={tmp_path}/shared/backups"]
+    host_a = compose([*TINY, "trainer.epochs=3", *shared], root=tmp_path / "a")
+    log = callbacks.MlflowEpochLogger.on_epoch_end
+
+    def killed_in_epoch_2(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return log(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.MlflowEpochLogger, "on_epoch_end", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        job.run(host_a)
+    monkeypatch.setattr(callbacks.MlflowEpochLogger, "on_epoch_end", log)
+    host_b = compose([*TINY, "trainer.epochs=3", *shared], root=tmp_path / "b")
+    run_id = job.run(host_b)["run_id"]
+    assert f"continues MLflow run {run_id} after epoch 1" in capsys.readouterr().out
+    c = tracking.client(tracking.tracking_uri(host_b))
+    assert c.get_run(run_id).info.status == "FINISHED"
+    assert sorted(h.step for h in c.get_metric_history(run_id, "loss")) == [0, 1, 2]
+    assert not (tmp_path / "a" / "mlruns" / "backups").exists()

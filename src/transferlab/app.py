@@ -47,6 +47,10 @@ def job(cfg: DictConfig) -> dict | float | None:
                 print(f"[transferlab] error: {e}", file=sys.stderr)
                 sys.exit(2)
             raise
+        if isinstance(e, TrackingUnreachable):
+            # Every other job would wait for the server too: stop the sweep, one message.
+            print(f"[transferlab] sweep stopped: {e}", file=sys.stderr)
+            sys.exit(3)
         # In a sweep a failed job must not stop the others: its MLflow run is
         # already FAILED with the error; the sweep callback reports it and
         # makes the exit status non-zero.

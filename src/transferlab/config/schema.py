@@ -145,6 +145,9 @@ class RuntimeConf:
     # "off" never caches. null dir: <mlruns>/feature_cache.
     feature_cache: str = "auto"
     feature_cache_dir: Optional[str] = None
+    # Per-epoch backups (resume); null: <root>/mlruns/backups. A folder every host of a
+    # tracking-server sweep sees (NFS) lets a job killed on one host resume on another.
+    backup_dir: Optional[str] = None
     # TensorFlow intra-op threads per job; null: the cores divided among the
     # launcher's parallel jobs (hydra/launcher=joblib n_jobs), else TF's default.
     threads: Optional[int] = None

@@ -1,7 +1,10 @@
 """Per-epoch backups of a job's model and optimizer state, so a killed job resumes.
 
 ``EpochBackup`` is the fit loop's callback (train.py); ``clear_backup``
-removes a finished job's folder (job.py).
+removes a finished job's folder (job.py). ``ResumableEarlyStopping`` is
+Keras' EarlyStopping whose state (best value, wait count, best epoch, best
+weights, whether it stopped) is part of each epoch's backup, so a resumed job
+stops where the uninterrupted one would and restores the same best weights.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import shutil
 from pathlib import Path
 
 import keras
+
+from transferlab.engine.diskfull import writing
 
 # h5-1: every variable in the epoch's file; h5-2: the frozen ones in constant.h5, once.
 _FORMATS = ("transferlab-h5-1", "transferlab-h5-2")
@@ -24,15 +29,44 @@ def _state_variables(model) -> list:
 
 
 def _write_h5(path: Path, arrays: dict, paths: list) -> None:
-    """Datasets named by variable index, written to a new file, then renamed into place."""
+    """Datasets named by variable index, written to a new file, then renamed into place.
+
+    Raises:
+        DiskFull: no space left (the new file removed; the previous state stays).
+    """
     import h5py
 
     tmp = path.with_name(f"tmp-{path.name}")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["paths"] = paths  # for people reading the file
-        for i, a in arrays.items():
-            f.create_dataset(str(i), data=a)
-    os.replace(tmp, path)
+    needed = sum(a.nbytes for a in arrays.values()) + 64 * 1024
+    with writing(path, needed, partial=(tmp,)):
+        with h5py.File(tmp, "w") as f:
+            f.attrs["paths"] = paths  # for people reading the file
+            for i, a in arrays.items():
+                f.create_dataset(str(i), data=a)
+        os.replace(tmp, path)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``keras.callbacks.EarlyStopping`` that can start from a backed-up state.
+
+    ``resume`` (set before ``fit``; from ``EpochBackup.restore``) holds
+    ``best``, ``wait``, ``best_epoch`` and ``best_weights``; Keras resets them
+    in ``on_train_begin``, so they are put back right after.
+    """
+
+    resume: dict | None = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resume:
+            self.best = self.resume.get("best")
+            self.wait = int(self.resume.get("wait", 0))
+            self.best_epoch = int(self.resume.get("best_epoch", 0))
+            self.best_weights = self.resume.get("best_weights")
+
+    def state(self) -> dict:
+        best = None if self.best is None else float(self.best)
+        return {"best": best, "wait": int(self.wait), "best_epoch": int(self.best_epoch)}
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -57,9 +91,12 @@ class EpochBackup(keras.callbacks.Callback):
     ``save_weights`` are still restored.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, stopper: ResumableEarlyStopping | None = None):
         super().__init__()
         self.folder = folder
+        self.stopper = stopper  # runs before this callback: its state of the epoch is saved
+        self.early_stopping: dict | None = None  # restore(): the stopper's state, best weights loaded
+        self._best_saved: int | None = None  # epoch whose best weights are on disk
         self._pool = None
         self._pending = None
         self._constant: set = set()  # ids of the variables that cannot change during fit
@@ -76,6 +113,7 @@ class EpochBackup(keras.callbacks.Callback):
         if not state_file.exists():
             return 0
         state = json.loads(state_file.read_text())
+        self.early_stopping = None
         if state.get("model", model.name) != model.name:
             print(f"[transferlab] backup of {state['model']} does not fit {model.name}: "
                   "the phase starts again")
@@ -103,6 +141,14 @@ class EpochBackup(keras.callbacks.Callback):
         from transferlab.models.weights import finalize_states
 
         finalize_states(model)  # assign() leaves Normalization on the statistics of its build
+        es = state.get("early_stopping")
+        if es is not None:
+            es = dict(es)
+            if es.get("weights"):
+                with h5py.File(self.folder / es["weights"], "r") as f:
+                    es["best_weights"] = [f[str(i)][()] for i in range(len(f.keys()))]
+                self._best_saved = es["best_epoch"]
+            self.early_stopping = es
         return int(state["epoch"])
 
     def on_train_begin(self, logs=None):
@@ -127,12 +173,19 @@ class EpochBackup(keras.callbacks.Callback):
                 constant[i] = np.asarray(keras.ops.convert_to_numpy(v))
         self._constant_written = True
         paths = [v.path for v in variables]
+        es = None
+        if self.stopper is not None:
+            es = dict(self.stopper.state(), stopped=bool(self.model.stop_training))
+            weights = self.stopper.best_weights
+            if weights is not None and self._best_saved != es["best_epoch"]:
+                es["best_weights"] = {i: np.asarray(w) for i, w in enumerate(weights)}
+                self._best_saved = es["best_epoch"]
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="epoch-backup")
         self._pending = self._pool.submit(self._write, epoch, arrays, constant if write_constant else None,
-                                          paths, self.model.name, bool(self._constant))
+                                          paths, self.model.name, bool(self._constant), es)
 
     def on_train_end(self, logs=None):
         self.wait()  # the phase's last state is on disk before fit returns
@@ -144,19 +197,30 @@ class EpochBackup(keras.callbacks.Callback):
             pending.result()
 
     def _write(self, epoch: int, arrays: dict, constant: dict | None, paths, model_name: str,
-               has_constant: bool) -> None:
+               has_constant: bool, es: dict | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         if constant is not None:
             _write_h5(self.folder / _CONSTANT, constant, paths)
         name = f"epoch{epoch + 1}.weights.h5"
         _write_h5(self.folder / name, arrays, paths)
+        state = {"epoch": epoch + 1, "weights": name, "model": model_name,
+                 "constant": _CONSTANT if has_constant else None, "format": _FORMATS[-1]}
+        keep = {name}
+        if es is not None:
+            best = es.pop("best_weights", None)
+            es["weights"] = f"best{es['best_epoch'] + 1}.h5"
+            if best is not None:
+                _write_h5(self.folder / es["weights"], best, [])
+            if not (self.folder / es["weights"]).exists():
+                es["weights"] = None  # restore_best_weights=False: nothing to keep
+            keep.add(es["weights"])
+            state["early_stopping"] = es
         state_tmp = self.folder / "state.json.tmp"
-        state_tmp.write_text(json.dumps({"epoch": epoch + 1, "weights": name, "model": model_name,
-                                         "constant": _CONSTANT if has_constant else None,
-                                         "format": _FORMATS[-1]}))
-        os.replace(state_tmp, self.folder / "state.json")
-        for old in self.folder.glob("*.weights.h5"):
-            if old.name != name:
+        with writing(self.folder / "state.json", 4096, partial=(state_tmp, self.folder / name)):
+            state_tmp.write_text(json.dumps(state))
+            os.replace(state_tmp, self.folder / "state.json")
+        for old in [*self.folder.glob("*.weights.h5"), *self.folder.glob("best*.h5")]:
+            if old.name not in keep:
                 old.unlink()
 
 

@@ -99,15 +99,23 @@ def load(entry: Path, material: dict, keys: np.ndarray):
 
 
 def save(entry: Path, material: dict, feats: np.ndarray, keys: np.ndarray, seconds: float) -> None:
+    """Writes an entry under a temporary name, then renames it into place.
+
+    Raises:
+        DiskFull: no space left (the temporary entry removed, nothing else touched).
+    """
+    from transferlab.engine.diskfull import writing
+
     tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "features.npy", feats, allow_pickle=False)
-    np.save(tmp / "keys.npy", keys, allow_pickle=False)
-    meta = {"material": material, "features_sha256": digest(feats), "keys_sha256": digest(keys),
-            "shape": list(feats.shape), "dtype": str(feats.dtype), "build_seconds": round(seconds, 2),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    with writing(entry, feats.nbytes + keys.nbytes + 64 * 1024, partial=(tmp,)):
+        tmp.mkdir(parents=True)
+        np.save(tmp / "features.npy", feats, allow_pickle=False)
+        np.save(tmp / "keys.npy", keys, allow_pickle=False)
+        meta = {"material": material, "features_sha256": digest(feats), "keys_sha256": digest(keys),
+                "shape": list(feats.shape), "dtype": str(feats.dtype), "build_seconds": round(seconds, 2),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(entry, ignore_errors=True)  # a stale or corrupt entry (we hold the lock)
     os.replace(tmp, entry)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import keras
 
-from transferlab.engine.backup import EpochBackup
+from transferlab.engine.backup import EpochBackup, ResumableEarlyStopping
 from transferlab.models import freeze
 from transferlab.models.build import compile_model, param_counts
 
@@ -158,10 +158,25 @@ def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path |
             train_model = featcache.head_model(decision, model)
             compile_model(train_model, cfg, num_classes, lr=lr, base=decision.tail)
         timer = _FirstStep()
-        backup = EpochBackup(backup_dir / f"phase{phase}") if backup_dir is not None else None
+        es = t.early_stopping
+        stopper = None
+        if es.patience is not None and not head_only:
+            stopper = ResumableEarlyStopping(monitor=es.monitor, patience=es.patience,
+                                             restore_best_weights=True, verbose=1)
+        backup = EpochBackup(backup_dir / f"phase{phase}", stopper) if backup_dir is not None else None
         resume_at = backup.restore(train_model) if backup is not None else 0
+        if stopper is not None and backup is not None and backup.early_stopping:
+            stopper.resume = backup.early_stopping  # best value, wait count, best weights
+            if backup.early_stopping.get("stopped"):
+                resume_at = end  # it had stopped early: the phase is over
         if resume_at >= end:
-            continue  # this phase had finished before the interruption (its weights restored)
+            # This phase had finished before the interruption (its last weights restored);
+            # an early stop ends with the best epoch's weights, as fit would have left them.
+            if stopper is not None and stopper.resume:
+                if stopper.resume.get("best_weights") is not None:
+                    train_model.set_weights(stopper.resume["best_weights"])
+                result.best_epoch = int(stopper.resume["best_epoch"])
+            continue
         t0 = time.perf_counter()
         if decision.use:
             prep = featcache.prepare(decision, model, cfg, splits, feature_dir)
@@ -176,15 +191,11 @@ def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path |
         phase_callbacks = [
             timer,
             *(callbacks(phase) if callbacks else ()),  # before the backup: log, then save
+            *([stopper] if stopper is not None else ()),  # its state of the epoch goes in the backup
             *([backup] if backup is not None else ()),
             keras.callbacks.LearningRateScheduler(
                 lambda ep, _lr, lr=lr, start=start, end=end: lr_at(ep - start, lr, cfg.scheduler, end - start)),
         ]
-        es = t.early_stopping
-        if es.patience is not None and not head_only:
-            stopper = keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience,
-                                                    restore_best_weights=True, verbose=1)
-            phase_callbacks.append(stopper)
         history = train_model.fit(train_ds, validation_data=val_ds,
                                   initial_epoch=max(start, resume_at),
                                   epochs=end, steps_per_epoch=t.steps_per_epoch,
@@ -198,6 +209,6 @@ def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path |
         if timer.seconds is not None and not result.first_step_seconds:
             result.first_step_seconds = timer.seconds
             result.first_step_at = timer.at
-        if es.patience is not None and not head_only and stopper.best_epoch is not None:
+        if stopper is not None and stopper.best_epoch is not None:
             result.best_epoch = stopper.best_epoch  # absolute: fit numbers epochs from `start`
     return result

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from transferlab.engine.diskfull import DiskFull, is_full, writing
 from transferlab.engine.evaluate import TestScores
 from transferlab.runner import tracking
 
@@ -29,7 +30,7 @@ def log_run_artifacts(cfg, model, splits, scores: TestScores, c, run_id: str, fr
     true, pred, probs = scores.true, scores.pred, scores.probs
     # Curves from the MLflow record, so a resumed run shows all its epochs.
     hist = history(c, run_id)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, writing(tmp):  # a full /tmp: named, removed
         t = Path(tmp)
         (t / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (t / "classes.json").write_text(json.dumps(splits.class_names))
@@ -48,11 +49,38 @@ def log_run_artifacts(cfg, model, splits, scores: TestScores, c, run_id: str, fr
             gallery.write(model, splits, true, pred, probs, t)
         except Exception as e:
             c.set_tag(run_id, "gallery", f"not drawn: {type(e).__name__}: {e}"[:500])
-        c.log_artifacts(run_id, str(t))
+        log_files(c, run_id, t)
     from transferlab.runner import reference
 
     return {"test_images": len(true), **extra.test_metrics(true, pred, probs),
             **reference.for_job(cfg, splits, hist, scores.loss, c, run_id)}
+
+
+def log_files(c, run_id: str, folder: Path) -> None:
+    """``c.log_artifacts(run_id, folder)``; on a full disk, no half-copied file stays in the run.
+
+    A local artifact store (the default, under ``mlruns/artifacts``) is copied
+    into file by file; if the disk fills up, the files of this call are
+    removed from the run again and ``DiskFull`` names the run's artifact folder.
+
+    Raises:
+        DiskFull: no space left in the artifact store.
+    """
+    try:
+        c.log_artifacts(run_id, str(folder))
+    except OSError as e:
+        if not is_full(e):
+            raise
+        uri = c.get_run(run_id).info.artifact_uri
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        dest = None
+        if uri.startswith(("file:", "/")):
+            from mlflow.utils.file_utils import local_file_uri_to_path
+
+            dest = Path(local_file_uri_to_path(uri))
+            for p in files:
+                (dest / p.relative_to(folder)).unlink(missing_ok=True)
+        raise DiskFull(dest or uri, sum(p.stat().st_size for p in files), e) from e
 
 
 def history(c, run_id: str, mlflow_names: bool = False) -> dict[str, list[float]]:

@@ -18,10 +18,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from transferlab import data
+from transferlab.engine import diskfull
 from transferlab.models import pretrained
 from transferlab.models.freeze import freeze_label
 from transferlab.models.registry import input_size
-from transferlab.runner import tracking
+from transferlab.runner import lease, tracking
 from transferlab.runner.record import distribution, params, train_and_log
 from transferlab.runner.validate import validate
 
@@ -91,6 +92,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     validate(cfg)
     info = data.scan(data.dataset_path(cfg))  # data errors before a run is created
     uri = tracking.tracking_uri(cfg)
+    if os.environ.get(tracking.ENV_PARENT):
+        tracking.wait_reachable(uri)  # the sweep reached it: a restart is waited for
     c = tracking.client(uri)
     exp_id = tracking.ensure_experiment(cfg)
     chash, extra = identity(cfg, info, uri)
@@ -98,11 +101,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     earlier = tracking.find_runs(c, exp_id, chash)
     finished = [r for r in earlier if r.info.status == "FINISHED"]
     if cfg.tracking.skip_finished and finished:
-        if parent and finished[0].data.tags.get("mlflow.parentRunId") != parent:
-            c.set_tag(parent, f"skipped.{chash}", finished[0].info.run_id)  # a twin in this sweep is not
-        print(f"[transferlab] skip: {tracking.run_name(cfg)} already FINISHED on the same data "
-              f"as run {finished[0].info.run_id} (tracking.skip_finished=true)")
-        return dict(finished[0].data.metrics, run_id=finished[0].info.run_id, skipped=True)
+        return _skip_finished(cfg, c, parent, chash, finished[0])
 
     tags = {
         "mlflow.runName": tracking.run_name(cfg),
@@ -124,28 +123,119 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         tags["experiment_preset"] = cfg.name
     backup_dir = tracking.backup_dir(cfg, chash)
     _preflight(cfg)  # layer names and weights file: fail before a run exists
-    run_id, logged_until = _resume_or_create(c, exp_id, earlier, backup_dir, tags)
+    claimed = _claim(c, uri, exp_id, chash, backup_dir, tags, cfg)
+    if isinstance(claimed, dict):
+        return claimed  # FINISHED meanwhile, or another live process runs it
+    run_id, logged_until = claimed
     try:
         if logged_until < 0:
-            c.log_batch(run_id, params=params(tracking.flat_params(cfg)))
+            have = c.get_run(run_id).data.params  # a run taken over may hold them already
+            c.log_batch(run_id, params=params({k: v for k, v in tracking.flat_params(cfg).items()
+                                               if k not in have}))
             _log_data_report(c, run_id, info)
 
         out = train_and_log(cfg, info, c, run_id, backup_dir, logged_until)
     except BaseException as e:  # KeyboardInterrupt too: never leave a run RUNNING
+        if tracking.is_unreachable(e):
+            # Every request was retried for minutes (tracking.Patient): nothing can be recorded now.
+            # The run stays open; its owner gone, the next run of the command closes it and
+            # resumes it from its last backup.
+            lease.HEARTBEAT.remove(run_id)
+            raise tracking.TrackingUnreachable(
+                f"the tracking server {uri} stopped answering and did not come back within "
+                f"{tracking.wait_seconds():.0f} s ({tracking.ENV_WAIT}). Nothing is lost: run "
+                f"{run_id} resumes from its last completed epoch when the same command runs "
+                "again once the server is back.") from e
         c.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp, "traceback.txt")
-            p.write_text(traceback.format_exc())
-            c.log_artifact(run_id, str(p))
-        c.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        full = diskfull.is_full(e)
+        if not full:  # with the disk full, the traceback would not fit either
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp, "traceback.txt")
+                p.write_text(traceback.format_exc())
+                c.log_artifact(run_id, str(p))
+        # KILLED: resumable by the next run of the command (Ctrl-C; a full disk, once freed)
+        c.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) or full else "FAILED")
+        lease.HEARTBEAT.remove(run_id)
         raise
     from transferlab.engine.backup import clear_backup
 
     clear_backup(backup_dir)
     c.set_terminated(run_id, "FINISHED")
+    lease.HEARTBEAT.remove(run_id)
     metrics = out.metrics
     return dict(metrics, run_id=run_id, val_acc=final_val_acc(c, run_id, metrics.get("best_epoch")),
                 model=out.model, history=out.history)
+
+
+def _skip_finished(cfg, c, parent: str | None, chash: str, run) -> dict:
+    if parent and run.data.tags.get("mlflow.parentRunId") != parent:
+        c.set_tag(parent, f"skipped.{chash}", run.info.run_id)  # a twin in this sweep is not
+    print(f"[transferlab] skip: {tracking.run_name(cfg)} already FINISHED on the same data "
+          f"as run {run.info.run_id} (tracking.skip_finished=true)")
+    return dict(run.data.metrics, run_id=run.info.run_id, skipped=True)
+
+
+def _running_elsewhere(cfg, c, parent: str | None, chash: str, run, why: str) -> dict:
+    """Another live process runs this config: leave it to it, say who."""
+    owner = run.data.tags.get(lease.OWNER, "?")
+    host, _, pid = owner.rpartition(":")
+    where = f"host {host}, pid {pid}, MLflow run {run.info.run_id}"
+    if parent and run.data.tags.get("mlflow.parentRunId") != parent:
+        c.set_tag(parent, f"elsewhere.{chash}", f"{tracking.run_name(cfg)} ({where})")
+    print(f"[transferlab] skip: {tracking.run_name(cfg)} is running in another process "
+          f"({where}; {why}); this one leaves it to it")
+    return dict(run_id=run.info.run_id, skipped=True, running_elsewhere=owner, val_acc=float("nan"))
+
+
+# Without a lock (a tracking server), two claims of one job settle by re-reading after this long.
+CLAIM_SETTLE_SECONDS = 1.0
+
+
+def _claim(c, uri: str, exp_id: str, chash: str, backup_dir: Path, tags: dict, cfg):
+    """Takes this job's run: an interrupted one whose owner is dead, or a new one.
+
+    Under ``tracking.claim_lock`` (SQLite store: one process at a time): the
+    store's runs of dead owners are closed first (lease.reap), then a RUNNING
+    run of this config whose owner lives means another process runs the job:
+    it is skipped here. A tracking server offers no lock: each claimant then
+    re-reads after ``CLAIM_SETTLE_SECONDS``; of two that took over one run the
+    last writer of its owner tag keeps it, of two new runs the older one.
+
+    Returns:
+        ``(run id, last epoch already logged or -1)``, or the job's result
+        when it is not this process's to run.
+    """
+    with tracking.claim_lock(uri) as locked:
+        lease.reap(c)
+        earlier = tracking.find_runs(c, exp_id, chash)
+        finished = [r for r in earlier if r.info.status == "FINISHED"]
+        parent = tags.get("mlflow.parentRunId")
+        if cfg.tracking.skip_finished and finished:
+            return _skip_finished(cfg, c, parent, chash, finished[0])
+        for r in earlier:
+            if r.info.status == "RUNNING":
+                alive, why = lease.owner_alive(r.data.tags, run_id=r.info.run_id)
+                if alive:
+                    return _running_elsewhere(cfg, c, parent, chash, r, why)
+        run_id, logged_until = _resume_or_create(c, exp_id, earlier, backup_dir, tags)
+    lease.HEARTBEAT.add(uri, run_id)
+    if locked:
+        return run_id, logged_until
+    import time
+
+    time.sleep(CLAIM_SETTLE_SECONDS)
+    me = c.get_run(run_id)
+    rivals = [r for r in tracking.find_runs(c, exp_id, chash, status="RUNNING")
+              if r.info.run_id != run_id and lease.owner_alive(r.data.tags, run_id=r.info.run_id)[0]]
+    first = min([me, *rivals], key=lambda r: (r.info.start_time, r.info.run_id))
+    if lease.mine(me.data.tags) and first is me:
+        return run_id, logged_until
+    lease.HEARTBEAT.remove(run_id)
+    if lease.mine(me.data.tags):  # a new run of ours that lost to an older one: not a job
+        lease.close(c, me, f"another process claimed this job first (MLflow run {first.info.run_id})")
+        c.delete_run(run_id)
+        me = first
+    return _running_elsewhere(cfg, c, parent, chash, me, "it claimed the job first")
 
 
 def final_val_acc(c, run_id: str, best_epoch) -> float:
@@ -193,34 +283,42 @@ def _preflight(cfg: DictConfig) -> None:
 
 
 def _resume_or_create(c, exp_id: str, earlier, backup_dir: Path, tags: dict) -> tuple[str, int]:
-    """Picks up an interrupted run of this config, or creates a new run.
+    """Takes over the newest interrupted run of this config, or creates a new run.
 
-    A run left RUNNING (process killed) or KILLED (Ctrl-C) whose backups are
-    on disk is resumed under the same run id: the engine restores model and
-    optimizer at the last completed epoch, and epochs already in MLflow are
-    not logged again. Without backups it cannot be continued faithfully, so it
-    is closed as FAILED and the job starts afresh.
+    An interrupted run is RUNNING with a dead owner (killed: the caller has
+    checked it) or KILLED (Ctrl-C, or closed by lease.reap). It continues
+    under the same run id: from its last completed epoch where its backups
+    are on disk (model and optimizer restored), else from epoch 0 (killed
+    before its first backup: the seed alone fixes the numbers, so the epochs
+    already logged are trained again, identically, and not logged twice).
 
     Returns:
         (run id, last epoch already logged or -1).
     """
+    from mlflow.entities import RunTag
+
     for r in earlier:
         if r.info.status not in ("RUNNING", "KILLED"):
             continue
-        if backup_dir.is_dir():
-            run_id = r.info.run_id
-            hist = c.get_metric_history(run_id, "loss")
-            logged = max((m.step for m in hist), default=-1)
-            c.update_run(run_id, status="RUNNING")
-            for k in ("mlflow.parentRunId", "sweep_id", "pid"):
-                if k in tags:
-                    c.set_tag(run_id, k, tags[k])
-            c.set_tag(run_id, "resumed", f"after epoch {logged}")
-            print(f"[transferlab] resume: {tags['mlflow.runName']} continues MLflow run {run_id} "
-                  f"after epoch {logged}")
-            return run_id, logged
-        c.set_tag(r.info.run_id, "error", "interrupted before its first backup; started afresh")
-        c.set_terminated(r.info.run_id, "FAILED")
-    run_id = c.create_run(exp_id, tags=tags).info.run_id
+        run_id = r.info.run_id
+        hist = c.get_metric_history(run_id, "loss")
+        logged = max((m.step for m in hist), default=-1)
+        backed_up = any(backup_dir.glob("phase*/state.json"))
+        was = r.data.tags.get(lease.OWNER, "an unrecorded owner")
+        if backed_up:
+            how = f"after epoch {logged}"
+        else:
+            how = (f"from epoch 0, no backup on disk (epochs 0-{logged} are trained again, not "
+                   "logged twice)" if logged >= 0 else "from epoch 0 (no epoch had been logged)")
+        new = {**lease.owner_tags(), "resumed": how, "resumed_from_owner": was}
+        new.update({k: tags[k] for k in ("mlflow.parentRunId", "sweep_id", "pid") if k in tags})
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in new.items()])  # owner first, then status
+        c.update_run(run_id, status="RUNNING")
+        print(f"[transferlab] resume: {tags['mlflow.runName']} continues MLflow run {run_id} {how}")
+        return run_id, logged
+    from transferlab.engine.backup import clear_backup
+
+    clear_backup(backup_dir)  # a FAILED run's backups must not seed a new run
+    run_id = c.create_run(exp_id, tags={**tags, **lease.owner_tags()}).info.run_id
     print(f"[transferlab] job {tags['mlflow.runName']} -> MLflow run {run_id}")
     return run_id, -1

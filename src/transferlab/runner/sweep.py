@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferlab.runner import tracking
+from transferlab.runner import lease, tracking
 from transferlab.runner.validate import validate
 
 
@@ -121,13 +121,17 @@ class SweepCallback(Callback):
             order_by=["attributes.start_time ASC"])
         failed = [r for r in children if r.info.status != "FINISHED"]
         skipped = {k: v for k, v in parent.data.tags.items() if k.startswith("skipped.")}
+        elsewhere = {k: v for k, v in parent.data.tags.items() if k.startswith("elsewhere.")}
         # A job that failed before its run was created (bad data found late)
         # leaves no run: count it from the number of jobs composed up front.
-        lost = max(0, self.n_jobs - len(children) - len(skipped))
+        lost = max(0, self.n_jobs - len(children) - len(skipped) - len(elsewhere))
         c.set_terminated(self.parent_run_id, "FAILED" if failed or lost else "FINISHED")
+        lease.HEARTBEAT.remove(self.parent_run_id)
         print(f"\n[transferlab] sweep done: {len(children) - len(failed)} finished, "
               f"{len(failed)} failed, {len(skipped)} skipped (already finished)"
-              + (f", {lost} failed before their run started (see the log above)" if lost else ""))
+              + (f", {lost} failed before their run started (see the log above)" if lost else "")
+              + (f", {len(elsewhere)} left to the other process running them: "
+                 + "; ".join(elsewhere.values()) if elsewhere else ""))
         for r in failed:
             print(f"  {r.info.status}: {r.data.tags.get('mlflow.runName')} "
                   f"[{r.data.tags.get('hydra_overrides', '')}]: {r.data.tags.get('error', '')[:300]}")

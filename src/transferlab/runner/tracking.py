@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.config.schema import NON_RESULT_KEYS
 from transferlab.models.freeze import freeze_label
+from transferlab.runner import lease, store
 
 # The launching process puts the sweep's identity here; jobs (same process,
 # or child processes of joblib / submitit) read it back.
@@ -44,8 +45,10 @@ def artifact_root(cfg: DictConfig) -> str | None:
 
 
 def backup_dir(cfg: DictConfig, chash: str) -> Path:
-    """Where a job keeps its BackupAndRestore state until it finishes."""
-    return default_store_dir(cfg) / "backups" / chash
+    """Where a job keeps its per-epoch backups until it finishes (``runtime.backup_dir``:
+    a folder shared by every host, so another host can resume the job)."""
+    shared = cfg.runtime.get("backup_dir")
+    return (Path(shared).expanduser().resolve() if shared else default_store_dir(cfg) / "backups") / chash
 
 
 class TrackingUnreachable(RuntimeError):
@@ -68,12 +71,76 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() not in ("true", "1")
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout, verify=verify)
+        # A server with sign-in (server.py: basic-auth) answers 401 without valid credentials.
+        user, pw = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        r = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                         timeout=timeout, verify=verify, auth=(user, pw) if user and pw else None)
     except requests.RequestException as e:
         raise TrackingUnreachable(
             f"MLflow tracking server {uri} is not reachable ({type(e).__name__}: "
             f"{str(e)[:300]}). Start it (e.g. mlflow server --host 127.0.0.1 --port 5000), "
             "fix tracking.uri, or drop tracking.uri to use the local SQLite store "
             "under mlruns/.") from None
+    if r.status_code in (401, 403):
+        raise TrackingUnreachable(
+            f"MLflow tracking server {uri} requires sign-in and refused "
+            + (f"user {user!r} ({r.status_code})" if user else f"a request without credentials ({r.status_code})")
+            + ". Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (an account made with "
+            "`python -m transferlab.server add-user`).")
+
+
+# How long a job of a running sweep waits for its tracking server (restarting, say)
+# before it gives up; the sweep's first contact still fails in seconds.
+ENV_WAIT = "TRANSFERLAB_TRACKING_WAIT"
+
+
+def wait_seconds() -> float:
+    try:
+        return float(os.environ.get(ENV_WAIT, 300))
+    except ValueError:
+        return 300.0
+
+
+def wait_reachable(uri: str, seconds: float | None = None) -> None:
+    """``check_reachable``, retried for up to ``seconds`` (default ``$TRANSFERLAB_TRACKING_WAIT``, 300)."""
+    import time
+
+    deadline = time.monotonic() + (wait_seconds() if seconds is None else seconds)
+    said = False
+    while True:
+        try:
+            return check_reachable(uri)
+        except TrackingUnreachable as e:
+            if time.monotonic() > deadline or "requires sign-in" in str(e):
+                raise
+            if not said:
+                print(f"[transferlab] tracking server {uri} not answering; waiting up to "
+                      f"{deadline - time.monotonic():.0f} s for it ({ENV_WAIT})", flush=True)
+                said = True
+            time.sleep(2)
+
+
+# What MLflow's error says once its retries gave up on a server that is away (not one
+# that answers with an error: a 500 is a bug, not a restart).
+_UNREACHABLE = ("NewConnectionError", "Connection refused", "Connection aborted", "RemoteDisconnected",
+                "ConnectionResetError", "Read timed out", "too many 502 error", "too many 503 error",
+                "too many 504 error")
+
+
+def is_unreachable(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is a tracking server that stopped answering."""
+    import requests
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.ConnectionError, requests.Timeout, TrackingUnreachable)):
+            return True
+        text = str(e)
+        if any(m in text for m in _UNREACHABLE):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def ui_command(uri: str) -> str:
@@ -98,9 +165,89 @@ def runs_view_url(uri: str, experiment_id: str, metric: str = "val_acc") -> str:
 
 
 def client(uri: str):
+    """An ``MlflowClient`` on ``uri``: once a SQLite store's schema is complete (store.py);
+    for a tracking server, one that waits for the server through a restart (``Patient``)."""
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=uri)
+    store.ensure_schema(uri)
+    c = mlflow.MlflowClient(tracking_uri=uri)
+    if uri.startswith(("http://", "https://")):
+        # MLflow's own retries back off exponentially (7 retries, factor 2: a server back
+        # after 70 s is seen after 124 s); a few quick ones, then Patient's steady polling.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        return Patient(c, uri)
+    return c
+
+
+class Patient:
+    """An ``MlflowClient`` whose calls wait for a tracking server that stopped answering.
+
+    A call that fails because the server is unreachable (connection refused,
+    timeouts, 502/503 past MLflow's own retries) is retried every
+    ``POLL_SECONDS`` for up to ``$TRANSFERLAB_TRACKING_WAIT`` seconds (300),
+    saying once that it waits and once that the server is back; past that it
+    raises ``TrackingUnreachable``. The job's training waits meanwhile, so no
+    epoch is backed up before it is logged.
+    """
+
+    POLL_SECONDS = 3.0
+
+    def __init__(self, c, uri: str):
+        self._c, self._uri = c, uri
+
+    def __getattr__(self, name):
+        attr = getattr(self._c, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            import time
+
+            deadline = None
+            while True:
+                try:
+                    out = attr(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 (re-raised unless the server is away)
+                    if not is_unreachable(e):
+                        raise
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + wait_seconds()
+                        print(f"[transferlab] tracking server {self._uri} stopped answering "
+                              f"({type(e).__name__}); waiting up to {wait_seconds():.0f} s ({ENV_WAIT})",
+                              flush=True)
+                    if now > deadline:
+                        raise TrackingUnreachable(
+                            f"MLflow tracking server {self._uri} did not answer for "
+                            f"{wait_seconds():.0f} s ({ENV_WAIT})") from e
+                    time.sleep(self.POLL_SECONDS)
+                    continue
+                if deadline is not None:
+                    print(f"[transferlab] tracking server {self._uri} is back", flush=True)
+                return out
+
+        return call
+
+
+def claim_lock(uri: str):
+    """Serialises claiming a job's run among processes sharing a SQLite store.
+
+    Yields True where the lock holds (a ``sqlite:///`` store: ``flock`` beside
+    the file); False for other stores, where job.py settles races by re-reading.
+    """
+    import contextlib
+
+    db = store.sqlite_path(uri)
+    if db is None:
+        return contextlib.nullcontext(False)
+
+    @contextlib.contextmanager
+    def held():
+        with store.file_lock(db.resolve().with_name(db.name + ".claim.lock")):
+            yield True
+
+    return held()
 
 
 def ensure_experiment(cfg: DictConfig) -> str:
@@ -182,13 +329,23 @@ def find_runs(c, experiment_id: str, chash: str, status: str | None = None):
 
 
 def start_sweep(cfg: DictConfig, sweep_id: str, sweep_dir: str | None) -> str:
-    """Creates the sweep's parent run and exports its id to the jobs."""
-    c = client(tracking_uri(cfg))
+    """Creates the sweep's parent run and exports its id to the jobs.
+
+    First closes the runs of the store whose owner is dead (a sweep killed
+    with ``kill -9``: its parent and its job would otherwise stay RUNNING);
+    the new parent is owned by this process, its lease renewed until the
+    sweep closes it (lease.py).
+    """
+    uri = tracking_uri(cfg)
+    c = client(uri)
     exp_id = ensure_experiment(cfg)
-    tags = {"sweep_id": sweep_id, "transferlab.role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"}
+    lease.reap(c)
+    tags = {"sweep_id": sweep_id, "transferlab.role": "sweep", "mlflow.runName": f"sweep-{sweep_id}",
+            **lease.owner_tags()}
     if sweep_dir:
         tags["sweep_dir"] = str(sweep_dir)
     run = c.create_run(exp_id, tags=tags)
+    lease.HEARTBEAT.add(uri, run.info.run_id)
     os.environ[ENV_PARENT] = run.info.run_id
     os.environ[ENV_SWEEP] = sweep_id
     return run.info.run_id
