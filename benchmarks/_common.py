@@ -32,19 +32,12 @@ def compose(overrides, root) -> "DictConfig":  # noqa: F821
 
 def machine() -> str:
     """CPU model, usable cores and the load average right now."""
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import tensorflow as tf
 
+    from transferlab.engine.latency import cpu_name
+
     gpus = tf.config.list_physical_devices("GPU")
-    return f"{model}, {cores} cores, {len(gpus)} GPU(s), TF {tf.__version__}, {load()}"
+    return f"{cpu_name()}, {len(gpus)} GPU(s), TF {tf.__version__}, {load()}"
 
 
 def load() -> str:

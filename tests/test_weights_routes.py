@@ -50,6 +50,16 @@ def _same(ref, got, name, size, what):
     assert d <= ATOL, f"{name} {what}: max abs difference {d} to Keras' ImageNet path"
 
 
+def _copies_match(ref, name, size, tmp_path, store):
+    """A .keras file and a run:<id> of ``ref`` build its graph and compute what it computes."""
+    ref.save(tmp_path / f"{name}.keras")
+    for what, spec in ((".keras copy", str(tmp_path / f"{name}.keras")),
+                       ("run:<id> copy", f"run:{H.log_classifier(ref, name, store)}")):
+        got = weights.build(name, size, spec, store)
+        assert H.graph(got) == H.graph(ref), f"{name} {what}: not Keras' ImageNet graph"
+        _same(ref, got, name, size, what)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -73,14 +83,7 @@ def test_efficientnet_legacy_h5_and_copies(tmp_path, store):
     legacy = H.write_weights(name, size, tmp_path / "b0.h5", legacy=True)
     ref = H.keras_imagenet(name, size, legacy)
     _same(ref, weights.build(name, size, legacy), name, size, "legacy .h5 file")
-    ref.save(tmp_path / "b0.keras")
-    got = weights.build(name, size, str(tmp_path / "b0.keras"))
-    assert H.graph(got) == H.graph(ref)
-    _same(ref, got, name, size, ".keras copy")
-    run_id = H.log_classifier(ref, name, store)
-    got = weights.build(name, size, f"run:{run_id}", store)
-    assert H.graph(got) == H.graph(ref)
-    _same(ref, got, name, size, "run:<id> copy")
+    _copies_match(ref, name, size, tmp_path, store)
 
 
 def test_random_init_builds_keras_imagenet_graph():
@@ -173,12 +176,5 @@ def test_every_family_copy_routes(name, tmp_path, store):
     size = _size(name)
     path = H.write_weights(name, size, tmp_path / f"{name}.weights.h5")
     ref = H.keras_imagenet(name, size, path)
-    ref.save(tmp_path / f"{name}.keras")
-    got = weights.build(name, size, str(tmp_path / f"{name}.keras"))
-    assert H.graph(got) == H.graph(ref)
-    _same(ref, got, name, size, ".keras copy")
-    run_id = H.log_classifier(ref, name, store)
-    got = weights.build(name, size, f"run:{run_id}", store)
-    assert H.graph(got) == H.graph(ref)
-    _same(ref, got, name, size, "run:<id> copy")
+    _copies_match(ref, name, size, tmp_path, store)
     keras.backend.clear_session()

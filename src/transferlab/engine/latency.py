@@ -178,6 +178,11 @@ def device() -> tuple[str, str]:
         except Exception:  # details are best-effort
             name = gpus[0].name
         return "GPU", f"{name}" + (f" (x{len(gpus)}, timed on the first)" if len(gpus) > 1 else "")
+    return "CPU", cpu_name()
+
+
+def cpu_name() -> str:
+    """``/proc/cpuinfo``'s model name and the cores this process may use (``"... (2 cores)"``)."""
     name = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -187,4 +192,4 @@ def device() -> tuple[str, str]:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return "CPU", f"{name} ({cores} cores)"
+    return f"{name} ({cores} cores)"
