@@ -156,7 +156,8 @@ def cost(table: Table) -> list[Figure]:
                 and all(c.get(k) == v for k, v in m.facet.items())]
         if not cfgs:
             continue
-        costs = [c for c in COSTS if any(cfg.stat(c[0]) for cfg in cfgs)]  # older runs lack latency
+        # runs logged before latency was measured have none: those panels are left out
+        costs = [c for c in COSTS if any(cfg.stat(c[0]) for cfg in cfgs)] or list(COSTS[:2])
         fig = MplFigure(figsize=(10, 3.6 * ((len(costs) + 1) // 2)))
         axes = np.atleast_1d(fig.subplots((len(costs) + 1) // 2, 2)).ravel()
         for ax, (metric, xlabel, front) in zip(axes, costs):
