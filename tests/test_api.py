@@ -78,15 +78,16 @@ def test_wheel_installed_outside_the_repository_sweeps(tmp_path):
     deps = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
     (site / "deps.pth").write_text(deps + "\n")
     py = venv / "bin" / "python"
-    # this pip (reached through deps.pth) installs into the new venv: its console script too
-    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", *map(str, wheels.glob("*.whl"))],
-                   check=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRANSFERLAB_ROOT")}
+    # this pip (reached through deps.pth) installs into the new venv: its console script too;
+    # --ignore-installed: the editable transferlab of the deps folder is not this venv's
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
+                    *map(str, wheels.glob("*.whl"))], check=True, timeout=300, env=env)
     work = tmp_path / "empty"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRANSFERLAB_ROOT")}
     where = subprocess.run([py, "-c", "import transferlab, sys; print(transferlab.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout
-    assert str(site) in where, where
+                           cwd=work, env=env, capture_output=True, text=True)
+    assert where.returncode == 0 and str(site) in where.stdout, (where.stdout, where.stderr[-2000:])
     tiny = [a for a in TINY if not a.startswith("backbone=")]
     # experiment=quickstart comes from the wheel's conf/experiment/; its sweep narrowed to 2 jobs
     p = subprocess.run([venv / "bin" / "transferlab", "run", "-m", "experiment=quickstart", *tiny,
