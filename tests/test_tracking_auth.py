@@ -88,10 +88,10 @@ def test_anonymous_gets_401_a_signed_in_sweep_logs_and_outlives_a_server_restart
             time.sleep(0.5)
         assert sweep.poll() is None, "the sweep ended before the restart: " + sweep.communicate()[0][-3000:]
         server.stop_process(proc, timeout=5)
-        down = time.monotonic()
-        time.sleep(22)  # + its start (6-25 s): down 30 s or more
+        # Down 28 s before the restart begins, + its start (5-25 s). The start time varies
+        # with the load, so the outage is timed before it, not after (CI once saw 27.6 s).
+        time.sleep(28)
         proc = _start(root, port, env)
-        assert time.monotonic() - down >= 28
         out = sweep.communicate(timeout=600)[0]
         assert sweep.returncode == 0, out[-4000:]
         os.environ.update(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=password)
