@@ -80,6 +80,8 @@ def test_misspelt_key_is_rejected_by_the_schema(compose):
     (["backbone=inceptionv3", "freeze=last_blocks", "freeze.n=1"], ["last_blocks", "last_n"]),
     (["dataset=folder", "dataset.path=/no/such/dir"], ["/no/such/dir", "train/"]),
     (["backbone.weights=/no/such.h5"], ["/no/such.h5", "backbone.weights=null"]),
+    (["dataset.duplicates=ignore"], ["ignore", "warn", "drop", "error"]),
+    (["trainer.class_weight=auto"], ["auto", "balanced", "null"]),
 ])
 def test_bad_values_fail_with_a_message_naming_them(compose, override, words):
     with pytest.raises(ConfigError) as e:

@@ -80,8 +80,8 @@ def _test_split(cfg, run, c, tmp: Path, size: int):
     (``test_predictions.csv``; None if absent). Refuses a test split other than the run's."""
     from transferlab import data
 
-    path = data.dataset_path(cfg)
-    info = data.scan(path)
+    info = data.prepare(cfg).info  # dataset.duplicates=drop: the run's test split without the copies
+    path = info.path
     if run.data.tags.get("data_fingerprint") not in (None, info.fingerprint()):
         print(f"[transferlab] note: the data in {path} changed since run {run.info.run_id} "
               "(data_fingerprint differs); checking on its test split as it is now.")

@@ -73,6 +73,10 @@ class DatasetConf:
     # synthetic only: which shapes, e.g. [ring, stripes_h] (overrides num_classes);
     # null = the first num_classes of synthetic.CLASS_SHAPES.
     classes: Optional[list[str]] = None
+    # Exact and near duplicates across train/validation/test (data/duplicates.py):
+    # warn (a WARNING line, tag and artifact), drop (remove the validation/test copies
+    # before training) or error (stop before the run starts).
+    duplicates: str = "warn"
 
 
 @dataclass
@@ -126,6 +130,9 @@ class TrainerConf:
     # `warmup_lr` (base frozen), then `epochs` epochs with the freeze strategy at `lr`.
     warmup_epochs: int = 0
     warmup_lr: float = 1e-3
+    # null: every image counts the same; "balanced": Keras class_weight n / (k * n_c)
+    # from the train split's class counts (sklearn compute_class_weight).
+    class_weight: Optional[str] = None
     early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
 
 

@@ -1,5 +1,7 @@
 """Data: scan a folder of class sub-folders, generate synthetic sets, build tf.data splits.
 
+``prepare(cfg)`` = ``scan`` + the ``dataset.duplicates`` policy: what callers use.
+
 Nothing here imports TensorFlow at module level (``load`` imports it when called).
 """
 
@@ -8,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from transferlab.data.folder import SPLITS, DataError, DatasetInfo, Entry, Splits, load, scan
+from transferlab.data.prepare import Prepared, prepare
 
-__all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "Splits", "load", "scan", "dataset_path"]
+__all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "Splits", "load", "scan", "dataset_path",
+           "Prepared", "prepare"]
 
 
 def dataset_path(cfg) -> Path:

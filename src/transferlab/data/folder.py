@@ -57,6 +57,9 @@ class Entry:
     source: str
     label: int
     digest: str = ""  # sha1 of the file's bytes
+    phash: str = ""  # perceptual hash, 16 hex digits (imagecheck.perceptual_hash)
+    width: int = 0  # stored pixel size
+    height: int = 0
 
 
 @dataclass(frozen=True)
@@ -201,13 +204,15 @@ def scan(path, cache_dir=None) -> DatasetInfo:
     for (split, name), rels in per_class.items():
         kept = []
         for rel in rels:
-            kind, detail, source, digest = found[rel]
+            kind, detail, source, digest, extra = found[rel]
             if kind == imagecheck.SKIP:
                 skipped.append(f"{rel}: {detail}")
                 continue
             if kind == imagecheck.CONVERT:
                 converted.append(f"{rel}: {detail}")
-            kept.append(Entry(rel, source, class_names.index(name), digest))
+            kept.append(Entry(rel, source, class_names.index(name), digest,
+                              phash=extra.get("phash", ""), width=extra.get("width", 0),
+                              height=extra.get("height", 0)))
         if not kept:
             bad = [s for s in skipped if s.startswith(f"{split}/{name}/")]
             raise DataError(f"Class folder {path / split / name} has no usable image"

@@ -50,7 +50,10 @@ NATIVE = {
     "WEBP": {"RGB", "RGBA"},
 }
 CACHE_DIRNAME = ".transferlab_cache"
-_CACHE_VERSION = 2  # bump when check() decides differently (2: verdicts carry the content digest)
+_CACHE_VERSION = 3  # bump when check() decides differently (2: content digest; 3: phash, size)
+# JPEGs are decoded at the smallest DCT scale still >= this on both sides: the
+# perceptual hash resizes to 32x32 anyway, and 1/8 scale of a photo keeps the check cheap.
+_PHASH_MIN_SIDE = 32
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -62,12 +65,27 @@ class Verdict:
     kind: str
     detail: str
     digest: str = ""  # sha1 of the file's bytes ("" for skipped files)
+    # 64-bit DCT perceptual hash (imagehash.phash) as 16 hex digits; "" for skipped files.
+    phash: str = ""
+    width: int = 0  # stored pixel size, before any EXIF rotation (0: skipped)
+    height: int = 0
+
+    def extra(self) -> dict:
+        """The keyword fields beyond kind/detail/digest, as stored in ``scan.json``."""
+        return {"phash": self.phash, "width": self.width, "height": self.height}
 
 
 def file_digest(path: Path) -> str:
     """sha1 of a file's bytes: what the config hash and duplicate checks compare."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+def perceptual_hash(im: Image.Image) -> str:
+    """``imagehash.phash`` of ``im`` as 16 hex digits (64 bits; 16-bit images scaled to 8 first)."""
+    import imagehash  # imports scipy.fftpack: only when a file is actually checked
+
+    return str(imagehash.phash(to_rgb(im) if im.mode.startswith(("I", "F")) else im))
 
 
 def check(path: Path) -> Verdict:
@@ -78,6 +96,8 @@ def check(path: Path) -> Verdict:
     byte of the entropy-coded data, so truncation is caught, but skips most
     of the inverse DCT: ~0.6 ms for a 500x375 photo), other formats in full
     after ``verify()`` (which checks PNG chunk CRCs).
+    The perceptual hash (duplicates.py) is taken from the decoded pixels
+    while the file is open: JPEGs at the draft scale (>= 32 px a side).
     """
     path = Path(path)
     if path.name.startswith("."):
@@ -87,14 +107,17 @@ def check(path: Path) -> Verdict:
             warnings.simplefilter("ignore")
             with Image.open(path, formats=FORMATS) as im:
                 fmt, mode = im.format, im.mode
+                size = im.size
                 if fmt in _JPEG:
-                    im.draft(mode, (1, 1))
+                    im.draft(mode, (_PHASH_MIN_SIDE, _PHASH_MIN_SIDE))
                     im.load()
+                    phash = perceptual_hash(im)
                 else:
                     im.verify()
             if fmt not in _JPEG:
                 with Image.open(path, formats=FORMATS) as im:
                     im.load()
+                    phash = perceptual_hash(im)
     except Image.UnidentifiedImageError:
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             return Verdict(SKIP, "corrupt (not a readable image)")
@@ -102,7 +125,8 @@ def check(path: Path) -> Verdict:
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error ...
         msg = str(e) or type(e).__name__
         return Verdict(SKIP, "truncated" if "truncated" in msg.lower() else f"corrupt ({msg})")
-    return Verdict(OK if mode in NATIVE.get(fmt, ()) else CONVERT, f"{fmt} {mode}", file_digest(path))
+    return Verdict(OK if mode in NATIVE.get(fmt, ()) else CONVERT, f"{fmt} {mode}", file_digest(path),
+                   phash=phash, width=size[0], height=size[1])
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -153,7 +177,7 @@ def _map(fn, items):
         return list(ex.map(fn, items))
 
 
-def check_files(root: Path, rels: list[str], cache: Path) -> dict[str, tuple[str, str, str]]:
+def check_files(root: Path, rels: list[str], cache: Path) -> dict[str, tuple[str, str, str, str, dict]]:
     """Verdicts of many files, converting those that need it.
 
     Args:
@@ -162,9 +186,11 @@ def check_files(root: Path, rels: list[str], cache: Path) -> dict[str, tuple[str
         cache: The cache folder (created when something is written).
 
     Returns:
-        ``rel -> (kind, detail, source, digest)``, ``source`` being the file TF
-        should read: the file itself, or for CONVERT its RGB PNG in ``cache``;
-        ``digest`` the sha1 of the file's bytes ("" for skipped files).
+        ``rel -> (kind, detail, source, digest, extra)``, ``source`` being the
+        file TF should read: the file itself, or for CONVERT its RGB PNG in
+        ``cache``; ``digest`` the sha1 of the file's bytes ("" for skipped
+        files); ``extra`` the further ``Verdict`` fields by name
+        (``Verdict.extra()``: ``phash``, ``width``, ``height``).
 
     Raises:
         OSError: A converted image could not be written.
@@ -185,19 +211,19 @@ def check_files(root: Path, rels: list[str], cache: Path) -> dict[str, tuple[str
         else:
             todo.append(rel)
     for rel, v in zip(todo, _map(lambda r: check(root / r), todo)):
-        entries[rel] += [v.kind, v.detail, v.digest]
+        entries[rel] += [v.kind, v.detail, v.digest, v.extra()]
     out, to_convert = {}, []
-    for rel, (size, mtime, kind, detail, digest) in entries.items():
+    for rel, (size, mtime, kind, detail, digest, extra) in entries.items():
         source = root / rel
         if kind == CONVERT:
             key = hashlib.sha1(f"{rel}|{size}|{mtime}".encode()).hexdigest()[:20]
             source = cache / "converted" / f"{key}.png"
             if not source.is_file():
                 to_convert.append((root / rel, source))
-        out[rel] = (kind, detail, str(source), digest)
+        out[rel] = (kind, detail, str(source), digest, extra)
     _map(lambda a: convert(*a), to_convert)
     if entries != known:
-        _prune(cache / "converted", {Path(src).name for _, _, src, _ in out.values()})
+        _prune(cache / "converted", {Path(o[2]).name for o in out.values()})
         try:
             cache.mkdir(parents=True, exist_ok=True)
             tmp = index.with_suffix(f".{os.getpid()}.tmp")

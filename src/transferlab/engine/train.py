@@ -105,7 +105,8 @@ def prebuild(model, dataset) -> None:
 
 
 def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path | None = None,
-        callbacks=None, feature_dir: Path | None = None) -> FitResult:
+        callbacks=None, feature_dir: Path | None = None,
+        class_weight: dict[int, float] | None = None) -> FitResult:
     """Trains the model through its phase(s); resumable from ``backup_dir``.
 
     Each phase trains either the full model on images or, where
@@ -125,6 +126,8 @@ def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path |
             (e.g. the runner's per-epoch logger); they run before the backup.
         feature_dir: the frozen-feature cache folder (required unless
             ``runtime.feature_cache=off``).
+        class_weight: Keras ``class_weight`` (label index -> loss weight), on
+            images and cached features alike; None: every image weighs 1.
 
     Returns:
         A FitResult.
@@ -200,7 +203,7 @@ def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path |
                                   initial_epoch=max(start, resume_at),
                                   epochs=end, steps_per_epoch=t.steps_per_epoch,
                                   validation_steps=t.validation_steps, callbacks=phase_callbacks,
-                                  verbose=cfg.runtime.verbose,
+                                  verbose=cfg.runtime.verbose, class_weight=class_weight,
                                   shuffle=False)  # the tf.data pipeline shuffles, with the seed
         result.seconds += time.perf_counter() - t0
         ran = len(history.history.get("loss", []))

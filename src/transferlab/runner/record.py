@@ -85,8 +85,9 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
                 "phase2.freeze": label}))
         feature_dir = (Path(cfg.runtime.feature_cache_dir) if cfg.runtime.feature_cache_dir
                        else tracking.default_store_dir(cfg) / "feature_cache")
+        weights = _class_weights(cfg, info, c, run_id)
         fit = train.fit(model, base, cfg, splits, block_regex=registry.spec(cfg.backbone.name).block_regex,
-                        backup_dir=backup_dir, feature_dir=feature_dir,
+                        backup_dir=backup_dir, feature_dir=feature_dir, class_weight=weights,
                         callbacks=lambda phase: [MlflowEpochLogger(c, run_id, phase, logged_until)])
     c.set_tag(run_id, "feature_cache", fit.feature_cache[:5000])
     scores = test_scores(model, splits)  # best weights if early-stopped
@@ -117,6 +118,18 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     print(f"[transferlab] {tracking.run_name(cfg)}: test_acc={scores.acc:.4f} test_loss={scores.loss:.4f} "
           f"({fit.seconds:.1f} s training)")
     return Trained(metrics, model, artifacts.history(c, run_id, mlflow_names=True))
+
+
+def _class_weights(cfg: DictConfig, info, c, run_id: str) -> dict[int, float] | None:
+    """``trainer.class_weight=balanced``: the train split's weights, tagged ``class_weight``."""
+    if cfg.trainer.get("class_weight") != "balanced":
+        return None
+    from transferlab.data.stats import class_weights
+
+    weights = class_weights(info)
+    c.set_tag(run_id, "class_weight", ("balanced: " + ", ".join(
+        f"{name} {weights[k]:.4g}" for k, name in enumerate(info.class_names)))[:5000])
+    return weights
 
 
 def _tag_runtime(switch_tags: dict, c, run_id: str) -> None:

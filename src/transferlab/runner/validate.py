@@ -27,6 +27,8 @@ MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ISOLATE = ("auto", "process", "off")
 FEATURE_CACHE = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+DUPLICATES = ("warn", "drop", "error")
+CLASS_WEIGHTS = ("balanced",)
 
 
 def _choose(value: Any, allowed, what: str, fix: str) -> None:
@@ -169,6 +171,12 @@ def _validate_freeze(cfg: DictConfig, bb) -> None:
 
 def _validate_dataset(cfg: DictConfig) -> None:
     d = cfg.dataset
+    _choose(d.get("duplicates", "warn"), DUPLICATES, "dataset.duplicates",
+            "dataset.duplicates=warn (report), drop (remove the validation/test copies) or error.")
+    cw = cfg.trainer.get("class_weight")
+    if cw is not None:
+        _choose(cw, CLASS_WEIGHTS, "trainer.class_weight",
+                "trainer.class_weight=balanced, or trainer.class_weight=null (every image counts the same).")
     if d.name == "synthetic":
         if not 2 <= d.num_classes <= 8:
             raise ConfigError(f"dataset.num_classes must be 2..8, got {d.num_classes}.")

@@ -1,0 +1,113 @@
+"""Near-duplicate threshold: phash Hamming distances of edited copies vs distinct images.
+
+For each generated set (the project's synthetic shapes at 64 and 224 px, the noise images
+of the leakage and imbalance cases, 500x375 smooth "photo-like" images), every image is
+checked as the scan checks it (``imagecheck.check``: JPEGs hashed at their draft scale)
+together with edited copies of it: JPEG re-encoded at quality 90/75/50, resized to 50% and
+200%, resized + re-encoded, saved as PNG, brightened by 10 levels, cropped by 4% on each side.
+Prints, per set, the distance distribution of copy pairs (original vs each edit) and the
+smallest distances between distinct images (all pairs), so the threshold in
+``data/duplicates.py`` (NEAR_THRESHOLD) can sit between them.
+
+Usage: python benchmarks/duplicates_threshold.py [--n 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from transferlab.data import duplicates, imagecheck, synthetic
+
+
+def _edits(im: Image.Image) -> dict[str, Image.Image]:
+    w, h = im.size
+
+    def jpeg(x, q):
+        buf = io.BytesIO()
+        x.convert("RGB").save(buf, "JPEG", quality=q)
+        return Image.open(io.BytesIO(buf.getvalue()))
+
+    dx, dy = max(1, w // 25), max(1, h // 25)
+    return {
+        "jpeg q90": jpeg(im, 90), "jpeg q75": jpeg(im, 75), "jpeg q50": jpeg(im, 50),
+        "resize 50%": im.resize((max(8, w // 2), max(8, h // 2)), Image.LANCZOS),
+        "resize 200%": im.resize((w * 2, h * 2), Image.BICUBIC),
+        "resize 50% + q75": jpeg(im.resize((max(8, w // 2), max(8, h // 2)), Image.LANCZOS), 75),
+        "png": im, "brighter +10": ImageEnhance.Brightness(im).enhance(1.08),
+        "crop 4%": im.crop((dx, dy, w - dx, h - dy)),
+    }
+
+
+def _photo_like(rng, n: int) -> list[np.ndarray]:
+    """Smooth random scenes 500x375: low-frequency noise upsampled, plus grain."""
+    out = []
+    for _ in range(n):
+        small = rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8)
+        big = np.asarray(Image.fromarray(small).resize((500, 375), Image.BICUBIC), dtype=np.float64)
+        out.append(np.clip(big + rng.normal(0, 6, big.shape), 0, 255).astype(np.uint8))
+    return out
+
+
+def _sets(n: int, rng) -> dict[str, list[np.ndarray]]:
+    sets = {}
+    for size in (64, 224):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = synthetic.generate(Path(tmp) / "s", 8, max(3, n // 8), size, 0)
+            files = sorted(p for p in Path(root).rglob("*") if p.suffix in (".png", ".jpg"))
+            sets[f"synthetic shapes {size} px (8 classes)"] = [np.asarray(Image.open(p).convert("RGB"))
+                                                               for p in files[:n]]
+    sets["noise 40 px (leakage case)"] = [
+        np.clip(rng.normal(100 + 40 * (i % 2), 50, (40, 40, 3)), 0, 255).astype(np.uint8) for i in range(n)]
+    base = rng.normal(128, 30, (40, 40, 3))
+    sets["noise 40 px (imbalance case)"] = [np.clip(rng.normal(128, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+                                            for _ in range(n)]
+    del base
+    sets["smooth scenes 500x375"] = _photo_like(rng, n)
+    return sets
+
+
+def _hash_file(tmp: Path, name: str, im: Image.Image, fmt: str) -> int:
+    p = tmp / f"{name}.{fmt.lower()}"
+    im.convert("RGB").save(p, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    v = imagecheck.check(p)
+    assert v.kind != imagecheck.SKIP, v
+    return int(v.phash, 16)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=60)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"phash Hamming distance (64 bits); threshold in use: {duplicates.NEAR_THRESHOLD}\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, images in _sets(args.n, rng).items():
+            fmt = "JPEG" if "500x375" in name else "PNG"
+            originals, per_edit = [], {}
+            for i, a in enumerate(images):
+                im = Image.fromarray(a)
+                h0 = _hash_file(tmp, f"o{i}", im, fmt)
+                originals.append(h0)
+                for edit, e in _edits(im).items():
+                    h = _hash_file(tmp, f"e{i}", e, "PNG" if edit == "png" else "JPEG")
+                    per_edit.setdefault(edit, []).append(bin(h0 ^ h).count("1"))
+            h = np.array(originals, dtype=np.uint64)
+            d = np.bitwise_count(h[:, None] ^ h[None, :])[np.triu_indices(len(h), 1)]
+            print(f"## {name}: {len(images)} images")
+            for edit, ds in per_edit.items():
+                ds = np.array(ds)
+                print(f"  copy, {edit:17s}: median {np.median(ds):4.1f}  max {ds.max():2d}  "
+                      f"<= threshold {np.mean(ds <= duplicates.NEAR_THRESHOLD):6.1%}")
+            print(f"  distinct pairs ({len(d)}): min {d.min()}  1st percentile {np.percentile(d, 1):.0f}  "
+                  f"median {np.median(d):.0f}  <= threshold {np.mean(d <= duplicates.NEAR_THRESHOLD):.3%}\n")
+
+
+if __name__ == "__main__":
+    main()
