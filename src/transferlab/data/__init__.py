@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transferlab.data.folder import SPLITS, DataError, DatasetInfo, Entry, Splits, load, scan
-from transferlab.data.prepare import Prepared, prepare
+from transferlab.data.prepared import Prepared, prepare
 
 __all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "Splits", "load", "scan", "dataset_path",
            "Prepared", "prepare"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from transferlab.data.prepare import Prepared
+from transferlab.data.prepared import Prepared
 from transferlab.data.stats import dataset_stats, stats_tags
 
 STATS_ARTIFACT = "dataset_stats.json"
