@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from transferlab.report import confusion, fonts, gallery, plots, render, selection
+from transferlab.report import confusion, datasection, fonts, gallery, plots, render, selection
 from transferlab.report.collect import ROLE_TAG, ReportError, load_runs, select_runs
 from transferlab.report.flags import run_flags
 from transferlab.report.metric import check_metric
@@ -111,6 +111,7 @@ def build_context(client: MlflowClient, *, experiment=None, sweep_id=None, filte
         gallery=gallery.figures(client, table, chosen.chosen),
         leaderboard=leaderboard, incomplete=incomplete, ui_url=ui_url,
         experiments=sorted({r.experiment_id for r in records}),
+        data_sections=datasection.sections(client, records),
     )
     return context, table, leaderboard
 
