@@ -264,3 +264,46 @@ def test_jpeg_copies_hash_like_their_source(tmp_path):
     a, b = imagecheck.check(tmp_path / "a.jpg"), imagecheck.check(tmp_path / "a.png")
     assert (a.width, a.height) == (500, 375)
     assert bin(int(a.phash, 16) ^ int(b.phash, 16)).count("1") <= 2
+
+
+def test_copy_groups_are_listed_against_their_anchor_and_near_links_reach_every_copy(tmp_path):
+    """One picture in train + 2 validation + 2 test byte copies: 4 pairs (not 10), each
+    against the train file. Two byte-identical test files near a train picture: both
+    listed, both dropped."""
+    root = tmp_path / "g"
+    for k, cls in enumerate("ab"):
+        save(scene(k), root / "train" / cls / "0.png")
+        for j, split in enumerate(("validation", "test")):
+            save(scene(50 + 2 * k + j), root / split / cls / "own.png")
+    for split in ("validation", "test"):
+        for i in range(2):
+            shutil.copyfile(root / "train/a/0.png", root / split / "a" / f"copy{i}.png")
+    save(ImageEnhance.Brightness(scene(1)).enhance(1.1), root / "test/b/x1.png")
+    shutil.copyfile(root / "test/b/x1.png", root / "test/b/x2.png")
+    info = data.scan(root)
+    found = duplicates.find(info)
+    exact = [(p.path_a, p.path_b) for p in found.pairs if p.kind == "exact"]
+    assert sorted(exact) == sorted([("train/a/0.png", f"{s}/a/copy{i}.png")
+                                    for s in ("validation", "test") for i in range(2)] +
+                                   [("test/b/x1.png", "test/b/x2.png")])
+    near = sorted((p.path_a, p.path_b) for p in found.pairs if p.kind == "near")
+    assert near == [("train/b/0.png", "test/b/x1.png"), ("train/b/0.png", "test/b/x2.png")]
+    kept = duplicates.drop(info, found)
+    assert sorted(e.rel for e in kept.files["test"]) == ["test/a/own.png", "test/b/own.png"]
+
+
+def test_many_copies_of_one_file_stay_linear():
+    """10,000 files holding 20 contents (placeholder images): 9,980 pairs, in well under a second
+    (listing every pair of a group would be 2.5 million)."""
+    from pathlib import Path
+
+    from transferlab.data.folder import DatasetInfo, Entry
+
+    files = {s: [Entry(f"{s}/c/{i}.jpg", "/nonexistent", i % 2, digest=f"d{i % 20}",
+                       phash=f"{(i % 20) * 7919:016x}") for i in range(n)]
+             for s, n in (("train", 7000), ("validation", 1500), ("test", 1500))}
+    info = DatasetInfo(Path("/x"), ["c0", "c1"], {s: {} for s in files}, files, [], [])
+    t0 = time.perf_counter()
+    found = duplicates.find(info)
+    assert len(found.pairs) == 10_000 - 20 and time.perf_counter() - t0 < 5
+    assert found.counts()["train/test"]["exact"] == 1500

@@ -210,38 +210,54 @@ def similar(a: np.ndarray | None, b: np.ndarray | None) -> bool:
 def find(info: DatasetInfo, threshold: int = NEAR_THRESHOLD) -> Duplicates:
     """Exact and near duplicate pairs among ``info``'s kept images.
 
+    Byte-identical files form one group, anchored at its first image (train before
+    validation before test, then by path): each other member is listed once, paired
+    with the anchor (``exact``), so a group of g copies gives g - 1 pairs, not
+    g(g-1)/2. The near search runs on the anchors only; a near pair of two groups is
+    listed as each group's anchor against every member of the other, so every image
+    that has an earlier copy appears as ``path_b`` of a pair.
+
     Args:
         info: a scanned dataset, its splits already assigned.
         threshold: near-duplicate threshold in bits (phash Hamming distance).
 
     Returns:
-        A ``Duplicates``; pairs whose files are byte-identical are ``exact`` only.
-        Images without a perceptual hash (``phash == ""``) take part in the exact
-        check only. Near candidates are re-read (thumbnails) to confirm them.
+        A ``Duplicates``. Images without a perceptual hash (``phash == ""``) take
+        part in the exact check only. Near candidates are re-read (thumbnails) to
+        confirm them.
     """
-    entries = [(split, e) for split in SPLITS for e in info.files[split]]
-    if len(entries) < 2:
+    rank = {s: k for k, s in enumerate(SPLITS)}
+    entries = sorted(((split, e) for split in SPLITS for e in info.files[split]),
+                     key=lambda x: (rank[x[0]], x[1].rel))
+    n = len(entries)
+    if n < 2:
         return Duplicates([], threshold)
-    digests = np.array([e.digest or f"\0{n}" for n, (_, e) in enumerate(entries)])
+    digests = np.array([e.digest or f"\0{k}" for k, (_, e) in enumerate(entries)])
     phash = np.array([int(e.phash, 16) if e.phash else 0 for _, e in entries], dtype=np.uint64)
     has = np.array([bool(e.phash) for _, e in entries])
-    ei, ej = equal_key_pairs(digests)
-    idx = np.flatnonzero(has)
-    ni, nj, nd = near_pairs(phash[idx], threshold)
-    ni, nj = idx[ni], idx[nj]
-    keep = digests[ni] != digests[nj]
-    ni, nj, nd = ni[keep], nj[keep], nd[keep]
+    _, group = np.unique(digests, return_inverse=True)
+    anchor_of = np.full(group.max() + 1, n)
+    np.minimum.at(anchor_of, group, np.arange(n))  # entries are sorted: the earliest member
+    anchor = anchor_of[group]
+    copies = np.flatnonzero(anchor != np.arange(n))
+    rows = [(int(anchor[k]), int(k), EXACT, 0) for k in copies]
+    reps = np.flatnonzero((anchor == np.arange(n)) & has)
+    ni, nj, nd = near_pairs(phash[reps], threshold)
+    ni, nj = reps[ni], reps[nj]
     thumbs: dict[int, np.ndarray | None] = {}
     for k in range(len(ni)):  # candidates only: few, each image read once
         for i in (ni[k], nj[k]):
             if i not in thumbs:
                 thumbs[i] = thumbnail(entries[i][1].source)
     confirmed = np.array([similar(thumbs[i], thumbs[j]) for i, j in zip(ni, nj)], bool)
-    ni, nj, nd = ni[confirmed], nj[confirmed], nd[confirmed]
-    rows = [(int(i), int(j), EXACT, int(hamming(phash[i:i + 1], phash[j:j + 1])[0]) if has[i] and has[j] else 0)
-            for i, j in zip(ei, ej)]
-    rows += [(int(i), int(j), NEAR, int(d)) for i, j, d in zip(ni, nj, nd)]
-    rank = {s: k for k, s in enumerate(SPLITS)}
+    members: dict[int, list[int]] = {}
+    if confirmed.any():
+        for k in copies:
+            members.setdefault(int(anchor[k]), []).append(int(k))
+    for i, j, d in zip(ni[confirmed], nj[confirmed], nd[confirmed]):
+        i, j = int(i), int(j)
+        rows += [(i, m, NEAR, int(d)) for m in (j, *members.get(j, ()))]
+        rows += [(j, m, NEAR, int(d)) for m in members.get(i, ())]
     pairs = []
     for i, j, kind, d in rows:
         (sa, a), (sb, b) = sorted((entries[i], entries[j]), key=lambda x: (rank[x[0]], x[1].rel))
