@@ -9,7 +9,11 @@ Prints, per set, the distance distribution of copy pairs (original vs each edit)
 smallest distances between distinct images (all pairs), so the threshold in
 ``data/duplicates.py`` (NEAR_THRESHOLD) can sit between them.
 
-Usage: python benchmarks/duplicates_threshold.py [--n 60]
+Then, on 2,000 generated 64-px shapes (``--shapes``), how many distinct pairs the hash alone
+puts within the threshold and how many survive the thumbnail check (``find``), and the time of
+the near search on 25,000 and 100,000 random hashes.
+
+Usage: python benchmarks/duplicates_threshold.py [--n 60] [--shapes 2000]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +82,13 @@ def _hash_file(tmp: Path, name: str, im: Image.Image, fmt: str) -> int:
     im.convert("RGB").save(p, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     v = imagecheck.check(p)
     assert v.kind != imagecheck.SKIP, v
-    return int(v.phash, 16)
+    return int(v.phash, 16), duplicates.thumbnail(str(p))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--shapes", type=int, default=2000)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     print(f"phash Hamming distance (64 bits); threshold in use: {duplicates.NEAR_THRESHOLD}\n")
@@ -90,23 +96,46 @@ def main() -> None:
         tmp = Path(tmp)
         for name, images in _sets(args.n, rng).items():
             fmt = "JPEG" if "500x375" in name else "PNG"
-            originals, per_edit = [], {}
+            originals, per_edit, confirmed = [], {}, {}
             for i, a in enumerate(images):
                 im = Image.fromarray(a)
-                h0 = _hash_file(tmp, f"o{i}", im, fmt)
+                h0, t0 = _hash_file(tmp, f"o{i}", im, fmt)
                 originals.append(h0)
                 for edit, e in _edits(im).items():
-                    h = _hash_file(tmp, f"e{i}", e, "PNG" if edit == "png" else "JPEG")
+                    h, t = _hash_file(tmp, f"e{i}", e, "PNG" if edit == "png" else "JPEG")
                     per_edit.setdefault(edit, []).append(bin(h0 ^ h).count("1"))
+                    confirmed.setdefault(edit, []).append(duplicates.similar(t0, t))
             h = np.array(originals, dtype=np.uint64)
             d = np.bitwise_count(h[:, None] ^ h[None, :])[np.triu_indices(len(h), 1)]
             print(f"## {name}: {len(images)} images")
             for edit, ds in per_edit.items():
                 ds = np.array(ds)
+                found = (ds <= duplicates.NEAR_THRESHOLD) & np.array(confirmed[edit])
                 print(f"  copy, {edit:17s}: median {np.median(ds):4.1f}  max {ds.max():2d}  "
-                      f"<= threshold {np.mean(ds <= duplicates.NEAR_THRESHOLD):6.1%}")
+                      f"<= threshold {np.mean(ds <= duplicates.NEAR_THRESHOLD):6.1%}  "
+                      f"thumbnails agree {np.mean(confirmed[edit]):6.1%}  found {np.mean(found):6.1%}")
             print(f"  distinct pairs ({len(d)}): min {d.min()}  1st percentile {np.percentile(d, 1):.0f}  "
                   f"median {np.median(d):.0f}  <= threshold {np.mean(d <= duplicates.NEAR_THRESHOLD):.3%}\n")
+        _shapes(tmp, args.shapes)
+    for n in (25_000, 100_000):
+        h = rng.integers(0, 2**64, n, dtype=np.uint64)
+        t0 = time.perf_counter()
+        duplicates.near_pairs(h)
+        print(f"near search, {n:,} random hashes: {time.perf_counter() - t0:.2f} s")
+
+
+def _shapes(tmp: Path, n: int) -> None:
+    from transferlab.data import scan
+
+    root = synthetic.generate(tmp / "shapes", 8, n // 8, 64, 0)
+    info = scan(root)
+    h = np.array([int(e.phash, 16) for s in info.files.values() for e in s], dtype=np.uint64)
+    t = duplicates.NEAR_THRESHOLD
+    by_hash = len(duplicates.near_pairs(h, t)[0])
+    t0 = time.perf_counter()
+    found = duplicates.find(info)
+    print(f"## {len(h)} synthetic shapes, 64 px: {by_hash} distinct pairs within {t} bits by the hash "
+          f"alone; after the thumbnail check: {len(found.pairs)} ({time.perf_counter() - t0:.2f} s)\n")
 
 
 if __name__ == "__main__":
