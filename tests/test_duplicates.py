@@ -113,6 +113,21 @@ def test_thumbnail_check_tells_edits_from_other_pictures():
     assert not duplicates.similar(a, None)
 
 
+def test_reencoded_noise_texture_is_confirmed_by_its_coarse_means(tmp_path):
+    """Re-encoding replaces pixel noise: the thumbnails of a noise image and its JPEG copy
+    hardly correlate, yet their 4x4 block means agree; another noise image's do not."""
+    rng = np.random.default_rng(3)
+    noise = [Image.fromarray(np.clip(rng.normal(110, 50, (40, 40, 3)), 0, 255).astype(np.uint8))
+             for _ in range(2)]
+    noise[0].save(tmp_path / "a.png")
+    noise[0].save(tmp_path / "a.jpg", quality=75)
+    noise[1].save(tmp_path / "b.png")
+    a, copy, other = (duplicates.thumbnail(str(tmp_path / f)) for f in ("a.png", "a.jpg", "b.png"))
+    x, y = a.ravel() - a.mean(), copy.ravel() - copy.mean()
+    assert x @ y / np.sqrt((x @ x) * (y @ y)) < duplicates.MIN_CORRELATION
+    assert duplicates.similar(a, copy) and not duplicates.similar(a, other)
+
+
 # -- on a real scanned folder --------------------------------------------------------------
 
 
