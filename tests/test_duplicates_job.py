@@ -53,3 +53,25 @@ def test_drop_job_trains_and_scores_without_the_copies(compose, tmp_path):
     assert r.data.metrics["test_images"] == 2 and r.data.tags["duplicates_dropped"] == "3"
     assert r.data.tags["dataset_images"] == "train 9 · validation 2 · test 2"
     assert r.data.tags["data_fingerprint"] != data.scan(root).fingerprint()
+
+
+def test_sweep_with_a_leak_and_error_mode_stops_before_any_job(tmp_path):
+    """run.py -m ... dataset.duplicates=error: the sweep's preflight names the pairs, exits
+    non-zero before TensorFlow is imported and before the store exists."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    root = leaky_folder(tmp_path / "leaky")
+    code = (
+        "import sys, runpy; sys.argv = ['run.py', '-m', 'lr=1e-3,1e-4', 'backbone.weights=null', "
+        f"'dataset=folder', 'dataset.path={root}', 'dataset.duplicates=error', 'root_dir={tmp_path}']\n"
+        "try:\n    runpy.run_path('run.py', run_name='__main__')\n"
+        "finally:\n    print('TF_LOADED', 'tensorflow' in sys.modules)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0, out
+    assert "dataset.duplicates=error: 3 image pair(s)" in out and "TF_LOADED False" in out
+    assert not (tmp_path / "mlruns").exists()
