@@ -1,7 +1,7 @@
 """The report's answer: the configuration chosen on validation, its test score, the baselines.
 
-``choose`` ranks configurations by the selection metric (mean over seeds of
-each job's validation score, metric.py) and reports the chosen one's TEST
+``choose`` ranks configurations by the selection metric (mean over seeds, and
+k-fold folds, of each job's validation score, metric.py) and reports the chosen one's TEST
 scores as the estimate of how it does on new images: the test split played
 no part in choosing it. ``test_sets`` describes each test split the runs were
 scored on (class counts, imbalance, majority-class rate), and
@@ -32,7 +32,8 @@ class Selection:
     chosen: Config | None = None
     label: str = ""
     score: float | None = None
-    n_seeds: int = 0
+    n_seeds: int = 0  # runs the score averages: seeds x folds
+    n_folds: int = 0  # k-fold folds among them (0: no k-fold)
     estimates: dict[str, tuple] = field(default_factory=dict)  # metric -> (mean, std, n)
     interval: tuple[float, float] | None = None
     interval_kind: str = ""
@@ -52,6 +53,7 @@ def choose(table: Table) -> Selection:
         return sel
     best = ranked[0]
     sel.chosen, sel.score, sel.n_seeds = best, best.score, len(best.runs)
+    sel.n_folds = best.n_folds
     sel.label = config_label(best, table.axes) or "the only configuration"
     for m in ESTIMATES:
         if (stat := best.stat(m)) is not None:
@@ -66,7 +68,9 @@ def choose(table: Table) -> Selection:
     if len(accs) >= 2:
         iv = t_interval(accs)
         sel.interval = (max(0.0, iv.low), min(1.0, iv.high))  # an accuracy stays in [0, 1]
-        sel.interval_kind = f"t-interval over {len(accs)} seeds"
+        sel.interval_kind = (f"t-interval over {len(accs)} seeds" if not sel.n_folds else
+                             f"t-interval over {len(accs)} runs ({sel.n_folds} folds; their "
+                             "training sets overlap, so it is narrower than new data would give)")
     else:
         n = int(best.runs[0].metrics.get("test_images") or (
             len(best.runs[0].predictions.paths) if best.runs[0].predictions else 0))
