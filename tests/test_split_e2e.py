@@ -5,11 +5,13 @@ import io
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from test_sweep_e2e import runs_of, sweep
 
 
+@pytest.mark.slow  # ~30 s of CPU (TF import, 2 jobs, the report); 67 s wall on the shared machine
 def test_kfold_sweep_of_a_flat_folder(tmp_path):
     root = tmp_path / "flat"  # one folder of classes: no train/ validation/ test/
     for k, name in enumerate(("cats", "dogs")):
