@@ -42,6 +42,9 @@ def test_kfold_sweep_of_a_flat_folder(tmp_path):
         preds = c.download_artifacts(r.info.run_id, "test_predictions.csv", str(tmp_path / r.info.run_id))
         tested = sorted(row["path"] for row in csv.DictReader(open(preds, encoding="utf-8")))
         assert tested == sorted(p for p, s in splits[-1].items() if s == "test")  # <class>/<file>
+        val = c.download_artifacts(r.info.run_id, "val_predictions.csv", str(tmp_path / r.info.run_id))
+        oof = sorted(row["path"] for row in csv.DictReader(open(val, encoding="utf-8")))
+        assert oof == sorted(p for p, s in splits[-1].items() if s == "validation")
     a, b = splits
     assert {p for p, s in a.items() if s == "test"} == {p for p, s in b.items() if s == "test"}
     assert {p for p, s in a.items() if s == "validation"} == {p for p, s in b.items() if s == "train"}

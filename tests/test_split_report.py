@@ -74,3 +74,33 @@ def test_runs_without_folds_keep_the_seed_as_replicate_key(kfold_runs):
     t = build_table(plain)
     assert "dataset.fold" not in t.swept and [c.n_folds for c in t.configs] == [0, 0]
     assert sorted(t.configs[0].seeds) == ["1", "2"]
+
+
+def _with_val(rec, fold, right):
+    """Gives a fold run its fold's validation predictions: pool images 20*fold .. 20*fold+19,
+    the first ``right`` of them right."""
+    true = np.arange(20) % 2
+    ok = np.arange(20) < right
+    rec.val_predictions = Predictions([f"pool/{20 * fold + j:03d}.png" for j in range(20)], true,
+                                      np.where(ok, true, 1 - true), ok, 2)
+    return rec
+
+
+def test_kfold_comparisons_pair_out_of_fold_predictions(kfold_runs):
+    for rec, right in zip(kfold_runs, (10, 12, 18, 19)):  # all: 22 of 40, last4: 37 of 40
+        _with_val(rec, int(rec.params["dataset.fold"]), right)
+    (comp,) = compare(build_table(kfold_runs))[0]
+    (pair,) = comp.pairs  # one seed: one pair over the whole pool, not one per fold
+    assert pair.seed == "1 (out-of-fold)" and pair.n_images == comp.n_images == 40
+    assert (comp.b, comp.c) == (0, 37 - 22)
+    assert pair.base_run.metrics["test_acc"] == pytest.approx(22 / 40)
+    assert sorted(r.run_id for r in pair.cand_run.members) == ["r003", "r004"]
+    assert "out-of-fold" in comp.note and "2 fold models" in comp.note
+    assert comp.verdict == "better than freeze=all"
+
+
+def test_a_missing_fold_falls_back_to_pairing_folds_on_test(kfold_runs):
+    for rec in kfold_runs[:3]:  # r004 logged no val_predictions.csv
+        _with_val(rec, int(rec.params["dataset.fold"]), 15)
+    (comp,) = compare(build_table(kfold_runs))[0]
+    assert [p.seed for p in comp.pairs] == ["1/fold 0", "1/fold 1"]

@@ -134,6 +134,9 @@ def assign(kind: str, kept: dict[tuple[str, str], list], class_names: list[str],
                         "validation/ and test/, which are used as they are. Fix: remove "
                         "dataset.split (or dataset.split=null); to have a folder split, put its "
                         "class folders at the top level (<dataset>/<class>/<images>).")
+    if kind == TRAIN_TEST and fr is not None:
+        log.info("test/ is given: of dataset.split=%s only the train:validation ratio is used "
+                 "(validation carved from train/)", list(fr))
     fr = fr or default_split()
     files: dict[str, list] = {s: [] for s in SPLITS}
     fold_of: dict[str, int] = {}
