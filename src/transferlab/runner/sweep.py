@@ -214,8 +214,10 @@ def summarize_parent(c, parent_run_id: str, summary_json, report_html: str) -> s
     metrics += [Metric(f"chosen_{k}", float(v), now, 0) for k, v in chosen["estimates"].items()
                 if v is not None]
     test = chosen["estimates"].get("test_acc")
+    runs = (f"{chosen['n_seeds']} runs over {chosen['n_folds']} folds" if chosen.get("n_folds")
+            else f"{chosen['n_seeds']} seed(s)")
     line = (f"chosen on validation: {chosen['label']} ({metric} {chosen['score']:.3f}, "
-            f"{chosen['n_seeds']} seed(s)); its test accuracy {test:.3f} is the estimate"
+            f"{runs}); its test accuracy {test:.3f} is the estimate"
             if test is not None else f"chosen on validation: {chosen['label']}")
     verdicts = [f"- {v['key']}: {v['candidate']} vs {v['baseline']} ({v['group']}): {v['verdict']}"
                 for v in s.get("comparisons", [])]
