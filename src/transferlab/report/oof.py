@@ -90,3 +90,12 @@ def members(run: RunRecord) -> list[RunRecord]:
     """The real runs behind ``run`` (its fold runs for an OofRecord)."""
     return list(run.members) if isinstance(run, OofRecord) else [run]
 
+
+
+def note(run: RunRecord, n_images: int, n_pairs: int) -> str | None:
+    """What a comparison paired on, when it paired OOF predictions (``run``: a pair's run)."""
+    if not isinstance(run, OofRecord):
+        return None
+    return (f"paired on out-of-fold predictions: each of the {n_images} train + validation "
+            f"images predicted by the one of {len(run.members)} fold models that did not train "
+            f"on it, {n_pairs} seed(s)")

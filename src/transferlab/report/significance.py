@@ -289,11 +289,8 @@ def _verdict(comp: Comparison) -> None:
         comp.verdict = next((p.verdict for p in comp.pairs if p.verdict), "cannot pair images")
         return
     n = len(comp.pairs)
-    if isinstance(comp.pairs[0].base_run, oof.OofRecord):
-        k = len(comp.pairs[0].base_run.members)
-        comp.note = (f"paired on out-of-fold predictions: each of the {comp.n_images} train + "
-                     f"validation images predicted by the one of {k} fold models that did not "
-                     f"train on it, {n} seed(s)")
+    if (note := oof.note(comp.pairs[0].base_run, comp.n_images, n)) is not None:
+        comp.note = note
     elif n == 1:
         comp.note = (f"one training run per side (seed {comp.pairs[0].seed}): add seeds "
                      f"({ADD_SEEDS}) to see whether it holds across training runs")
