@@ -104,3 +104,15 @@ def test_a_missing_fold_falls_back_to_pairing_folds_on_test(kfold_runs):
         _with_val(rec, int(rec.params["dataset.fold"]), 15)
     (comp,) = compare(build_table(kfold_runs))[0]
     assert [p.seed for p in comp.pairs] == ["1/fold 0", "1/fold 1"]
+
+
+def test_the_folds_share_one_test_split_and_one_set_of_reference_rows(kfold_runs):
+    from transferlab.report.selection import reference_rows, test_sets
+
+    for r in kfold_runs:  # each fold has its own data fingerprint (its train/validation differ)
+        r.tags["data_fingerprint"] = f"fp-fold{r.params['dataset.fold']}"
+        r.metrics["ref_majority_test_acc"] = 0.5
+    t = build_table(kfold_runs)
+    (ts,) = test_sets(t)
+    assert ts.n == 40 and ts.n_runs == 4 and ts.fingerprints == {"fp-fold0", "fp-fold1"}
+    assert [row["name"] for row in reference_rows(t, [ts])] == ["majority class, always 'a'"]

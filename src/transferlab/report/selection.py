@@ -85,7 +85,7 @@ def choose(table: Table) -> Selection:
 class TestSet:
     """One test split as the runs' predictions show it."""
 
-    fingerprint: str
+    fingerprint: str                    # data fingerprint of its first run (tag)
     n: int
     counts: list[tuple[str, int]]       # (class, images), class order
     ratio: float                        # largest / smallest class (inf: a class has none)
@@ -93,6 +93,7 @@ class TestSet:
     majority_rate: float                # always answering the majority class
     n_runs: int
     logged_majority: float | None = None  # ref_majority_test_acc (train's majority class)
+    fingerprints: frozenset = frozenset()  # every data fingerprint scored on this test split
 
     @property
     def imbalanced(self) -> bool:
@@ -103,16 +104,27 @@ class TestSet:
         return min(self.counts, key=lambda c: c[1])
 
 
+def _test_key(rec) -> tuple:
+    """The test split a run was scored on: its data fingerprint, or with k-fold (whose folds
+    differ in train/validation only) the test images and labels themselves."""
+    if rec.params.get("dataset.fold") in (None, "None", "null"):
+        return (rec.tags.get("data_fingerprint", ""),)
+    p = rec.predictions
+    return ("folds", tuple(p.paths), p.true.tobytes())
+
+
 def test_sets(table: Table) -> list[TestSet]:
-    """Per data fingerprint (tag ``data_fingerprint``), the test split's class balance."""
-    by_fp: dict[str, list] = defaultdict(list)
+    """Per test split (tag ``data_fingerprint``; the k-fold folds of one split share their
+    test split), the test split's class balance."""
+    by_fp: dict[tuple, list] = defaultdict(list)
     for cfg in table.configs:
         for r in cfg.runs:
             if r.predictions is not None:
-                by_fp[r.tags.get("data_fingerprint", "")].append(r)
+                by_fp[_test_key(r)].append(r)
     out = []
-    for fp, runs in sorted(by_fp.items()):
+    for runs in sorted(by_fp.values(), key=lambda rs: rs[0].tags.get("data_fingerprint", "")):
         rec = runs[0]
+        fp = rec.tags.get("data_fingerprint", "")
         p = rec.predictions
         k = max(p.n_classes, len(rec.classes or []))
         names = rec.classes if rec.classes and len(rec.classes) >= k else [str(i) for i in range(k)]
@@ -124,7 +136,8 @@ def test_sets(table: Table) -> list[TestSet]:
         ratio = float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
         out.append(TestSet(fp, n, [(names[i], int(c)) for i, c in enumerate(counts)], ratio,
                            names[top], float(counts[top] / n), len(runs),
-                           rec.metrics.get("ref_majority_test_acc")))
+                           rec.metrics.get("ref_majority_test_acc"),
+                           frozenset(r.tags.get("data_fingerprint", "") for r in runs)))
     return out
 
 
@@ -155,7 +168,7 @@ def reference_rows(table: Table, sets: list[TestSet]) -> list[dict]:
         rate = ts.majority_rate if ts.logged_majority is None else ts.logged_majority
         suffix = f" ({ts.fingerprint[:8]})" if len(sets) > 1 and ts.fingerprint else ""
         same = [r for c in table.configs for r in c.runs
-                if r.tags.get("data_fingerprint", "") == ts.fingerprint]
+                if r.tags.get("data_fingerprint", "") in (ts.fingerprints or {ts.fingerprint})]
         maj = next((r for r in same if "ref_majority_test_acc" in r.metrics), None)
         # a constant answer: right on the majority's share, recall 1 on one class of k
         rows.append(dict(name=f"majority class, always {ts.majority_class!r}{suffix}",
