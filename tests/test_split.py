@@ -273,7 +273,7 @@ def test_folds_alone_become_a_sweep_over_fold(capsys):
     assert done and argv == ["-m", "dataset.folds=2", "dataset.fold=0,1"]
     assert "every fold runs" in capsys.readouterr().out
     for given in (["-m", "dataset.folds=3", "dataset.fold=1"], ["dataset.folds=3", "dataset.fold=0,2"],
-                  ["-m", "lr=1"], ["dataset.folds=null"]):
+                  ["-m", "lr=1"], ["dataset.folds=null"], ["--cfg", "job", "dataset.folds=3"]):
         assert kfold.expand(given) == (given, False)
     with pytest.raises(ConfigError, match="dataset.folds=3,5: one integer"):
         kfold.expand(["-m", "dataset.folds=3,5"])

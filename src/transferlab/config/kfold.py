@@ -41,6 +41,11 @@ def expand(argv: list[str]) -> tuple[list[str], bool]:
         ConfigError: ``dataset.folds`` is swept (``3,5``) or not an integer,
             without ``dataset.fold``.
     """
+    from hydra._internal.utils import get_args_parser
+
+    flags, _ = get_args_parser().parse_known_args(argv)
+    if flags.cfg or flags.info or flags.help or flags.hydra_help:
+        return argv, False  # printing the config or help: nothing runs
     args = hydra_overrides(argv)
     if not args or _value(args, FOLD) is not None:
         return argv, False
