@@ -22,7 +22,7 @@ from transferlab.engine import diskfull
 from transferlab.models import pretrained
 from transferlab.models.freeze import freeze_label
 from transferlab.models.registry import input_size
-from transferlab.runner import lease, tracking
+from transferlab.runner import lease, splitlog, tracking
 from transferlab.runner.record import distribution, params, train_and_log
 from transferlab.runner.validate import validate
 
@@ -90,7 +90,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         (if one was started) is marked FAILED with the message as a tag.
     """
     validate(cfg)
-    info = data.scan(data.dataset_path(cfg))  # data errors before a run is created
+    info = data.scan_job(cfg)  # data errors before a run is created
     uri = tracking.tracking_uri(cfg)
     if os.environ.get(tracking.ENV_PARENT):
         tracking.wait_reachable(uri)  # the sweep reached it: a restart is waited for
@@ -133,6 +133,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             c.log_batch(run_id, params=params({k: v for k, v in tracking.flat_params(cfg).items()
                                                if k not in have}))
             _log_data_report(c, run_id, info)
+            splitlog.log_split(c, run_id, info, cfg)
 
         out = train_and_log(cfg, info, c, run_id, backup_dir, logged_until)
     except BaseException as e:  # KeyboardInterrupt too: never leave a run RUNNING

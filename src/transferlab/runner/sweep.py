@@ -84,8 +84,9 @@ class SweepCallback(Callback):
             validate(cfg)  # a bad value in any job stops the sweep before TF loads
         # Check folders and generate synthetic data here, once: parallel jobs
         # must not race to write the same files.
-        for path in sorted({str(data.dataset_path(c)) for c in jobs}):
-            data.scan(path)  # missing split, differing class folders, empty class
+        for path, split in sorted({(str(data.dataset_path(c)), data.SplitSpec.from_config(c.dataset))
+                                   for c in jobs}, key=str):
+            data.scan(path, split=split)  # bad layout, differing class folders, empty class
         # One config spelt twice (lr=1e-3,0.001) is one job: the twin finds the
         # first one's run and is skipped, so it is counted once.
         self.n_jobs = len({json.dumps(tracking.result_params(c) | {"dataset.path": str(data.dataset_path(c))},
@@ -180,7 +181,7 @@ class SweepCallback(Callback):
 
             cfg = _task_config(config)
             validate(cfg)
-            data.scan(data.dataset_path(cfg))
+            data.scan_job(cfg)
             tracking.ensure_experiment(cfg)
         except Exception as e:
             print(f"[transferlab] error: {e}", file=sys.stderr)
@@ -213,8 +214,10 @@ def summarize_parent(c, parent_run_id: str, summary_json, report_html: str) -> s
     metrics += [Metric(f"chosen_{k}", float(v), now, 0) for k, v in chosen["estimates"].items()
                 if v is not None]
     test = chosen["estimates"].get("test_acc")
+    runs = (f"{chosen['n_seeds']} runs over {chosen['n_folds']} folds" if chosen.get("n_folds")
+            else f"{chosen['n_seeds']} seed(s)")
     line = (f"chosen on validation: {chosen['label']} ({metric} {chosen['score']:.3f}, "
-            f"{chosen['n_seeds']} seed(s)); its test accuracy {test:.3f} is the estimate"
+            f"{runs}); its test accuracy {test:.3f} is the estimate"
             if test is not None else f"chosen on validation: {chosen['label']}")
     verdicts = [f"- {v['key']}: {v['candidate']} vs {v['baseline']} ({v['group']}): {v['verdict']}"
                 for v in s.get("comparisons", [])]
