@@ -148,8 +148,8 @@ def test_scan_counts_and_lists_skipped_files(small):
 def test_scan_missing_folder_and_split(tmp_path, small):
     with pytest.raises(DataError, match="does not exist"):
         data.scan(tmp_path / "nope")
-    shutil.rmtree(small / "validation")
-    with pytest.raises(DataError, match="Missing split folder .*validation"):
+    shutil.rmtree(small / "test")  # train/ + validation/ alone is no accepted layout
+    with pytest.raises(DataError, match="found folders train, validation and 0 files.*no test/"):
         data.scan(small)
 
 

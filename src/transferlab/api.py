@@ -115,12 +115,15 @@ def sweep(overrides=()):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from transferlab import app
+    from transferlab.config import kfold
     from transferlab.runner import sweep as sweep_mod
     from transferlab.runner import tracking
     from transferlab.runner.job import final_val_acc
 
     overrides = list(overrides)
     swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    if kfold.expand(["-m", *overrides])[1]:  # dataset.folds=K: app.main sweeps dataset.fold
+        swept.append(kfold.FOLD)
     argv0 = sys.argv
     try:
         app.main(["-m", *overrides], prog=argv0[0] if argv0 else "transferlab")

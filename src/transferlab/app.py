@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from transferlab.config import ConfigError, check_override_keys, register
+from transferlab.config import ConfigError, check_override_keys, kfold, register
 from transferlab.data import DataError
 from transferlab.models.freeze import FreezeError
 from transferlab.models.pretrained import PretrainedError
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         check_override_keys(argv)
+        argv, _ = kfold.expand(argv)  # dataset.folds=K alone: every fold, as a sweep
     except ConfigError as e:
         print(f"[transferlab] error: {e}", file=sys.stderr)
         sys.exit(2)

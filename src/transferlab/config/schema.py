@@ -40,6 +40,11 @@ SYNTHETIC_ONLY_KEYS = ("dataset.num_classes", "dataset.images_per_class", "datas
                        "dataset.seed", "dataset.classes")
 
 
+# dataset.split=null on one folder of class folders (and the validation share carved
+# from train/ when only train/ and test/ exist): train, validation, test.
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+
+
 class ConfigError(ValueError):
     """A user-facing configuration error; its message says what to change."""
 
@@ -73,6 +78,18 @@ class DatasetConf:
     # synthetic only: which shapes, e.g. [ring, stripes_h] (overrides num_classes);
     # null = the first num_classes of synthetic.CLASS_SHAPES.
     classes: Optional[list[str]] = None
+    # Train/validation/test fractions (data/assign.py). null: a folder holding
+    # train/ validation/ test/ is used as it is; one folder of class folders is split
+    # DEFAULT_SPLIT; train/ + test/ carve validation from train at the share
+    # validation / (train + validation). Stratified per class, keyed on each file's
+    # path hashed with `split_seed` (not `seed`: sweeping seed keeps the split).
+    split: Optional[list[float]] = None
+    split_seed: int = 0
+    # k-fold: the pool train + validation (test held out) in `folds` stratified folds;
+    # fold `fold` is validation, the others train. folds without fold: the sweep runs
+    # every fold (app.py).
+    folds: Optional[int] = None
+    fold: Optional[int] = None
     # Exact and near duplicates across train/validation/test (data/duplicates.py):
     # warn (a WARNING line, tag and artifact), drop (remove the validation/test copies
     # before training) or error (stop before the run starts).

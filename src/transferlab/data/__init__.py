@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transferlab.data.assign import SplitSpec
 from transferlab.data.folder import SPLITS, DataError, DatasetInfo, Entry, Splits, load, scan
 from transferlab.data.prepared import Prepared, prepare
 
-__all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "Splits", "load", "scan", "dataset_path",
-           "Prepared", "prepare"]
+__all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "SplitSpec", "Splits", "load", "scan",
+           "scan_job", "dataset_path", "Prepared", "prepare"]
+
+
+def scan_job(cfg) -> DatasetInfo:
+    """``scan`` of a job's data folder with the job's split (``dataset.split``, ``split_seed``,
+    ``folds``, ``fold``); generates the synthetic set when needed."""
+    return scan(dataset_path(cfg), split=SplitSpec.from_config(cfg.dataset))
 
 
 def dataset_path(cfg) -> Path:

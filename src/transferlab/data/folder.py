@@ -7,6 +7,10 @@ sub-folder of images per class::
     <path>/validation/<class>/*.jpg
     <path>/test/<class>/*.jpg
 
+or ``<path>/{train,test}/<class>/`` (validation carved from train), or one
+folder of classes ``<path>/<class>/*.jpg`` split by ``dataset.split``
+(layout.py says which; assign.py which image goes where, k-fold included).
+
 ``scan`` checks that layout and every file in it without TensorFlow (Pillow,
 see imagecheck.py), so a bad folder fails before training and a corrupt file
 never reaches ``tf.io.decode_image`` mid-epoch:
@@ -33,24 +37,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferlab.data import imagecheck
+from transferlab.data import assign, imagecheck, layout
+from transferlab.data.layout import SPLITS, DataError
 
-SPLITS = ("train", "validation", "test")
-_LAYOUT = "expected <dataset>/{train,validation,test}/<class name>/<images>"
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A user-facing dataset error; its message names the folder and the fix."""
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One kept image: ``rel`` relative to the dataset root (``train/cats/x.jpg``),
+    """One kept image: ``rel`` relative to the dataset root (``train/cats/x.jpg``,
+    ``cats/x.jpg`` in a folder of classes),
     ``source`` the file TF decodes (the image itself or its converted PNG)."""
 
     rel: str
@@ -76,6 +76,9 @@ class DatasetInfo:
             ``"train/cats/bad.jpg: truncated"``.
         converted: ``"<rel path>: <format> <mode>"`` of the kept images that
             TF reads from a converted RGB PNG.
+        layout: ``"split"``, ``"train_test"`` or ``"flat"`` (layout.py).
+        folds: With ``dataset.folds``: every train + validation image's fold,
+            by ``rel``; else empty.
     """
 
     path: Path
@@ -84,19 +87,26 @@ class DatasetInfo:
     files: dict[str, list[Entry]]
     skipped: list[str]
     converted: list[str]
+    layout: str = layout.SPLIT
+    folds: dict[str, int] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        """sha256 over every kept image's split/class path, label and content digest.
+        """sha256 over every kept image's split, path, label and content digest.
 
         Adding, removing, relabelling (moving between class folders) or editing
-        an image changes it; moving the whole folder elsewhere does not. Part
-        of the config hash, so a finished job is never answered for other data.
+        an image changes it, and so does any change of which split (or fold) an
+        image is in; moving the whole folder elsewhere does not. Part of the
+        config hash, so a finished job is never answered for other data.
         """
         h = hashlib.sha256()
         for split in SPLITS:
             for e in self.files[split]:
-                h.update(f"{e.rel}\0{e.label}\0{e.digest}\n".encode())
+                h.update(f"{split}\0{e.rel}\0{e.label}\0{e.digest}\n".encode())
         return h.hexdigest()[:16]
+
+    def split_path(self, e: Entry) -> str:
+        """``e.rel`` relative to its split folder: ``<class>/<file>`` in every layout."""
+        return layout.split_relative(self.layout, e.rel)
 
 
 @dataclass
@@ -139,56 +149,31 @@ def _class_files(folder: Path, root: Path) -> list[str]:
     return sorted(out)
 
 
-def _layout(path: Path) -> tuple[list[str], dict[str, list[str]]]:
-    """Class names and the split-level stray files; DataError if the layout is wrong."""
-    if not path.is_dir():
-        raise DataError(f"Dataset folder {path} does not exist or is not a folder; {_LAYOUT}.")
-    class_names: list[str] = []
-    stray: dict[str, list[str]] = {}
-    for split in SPLITS:
-        split_dir = path / split
-        if not split_dir.is_dir():
-            raise DataError(f"Missing split folder {split_dir}; {_LAYOUT}. "
-                            f"Create it and move part of your images there.")
-        classes = _visible(p.name for p in split_dir.iterdir() if p.is_dir())
-        stray[split] = sorted(f"{split}/{p.name}" for p in split_dir.iterdir() if p.is_file())
-        if not classes:
-            raise DataError(f"{split_dir} has no class sub-folders; put each class's images "
-                            f"in its own folder, e.g. {split_dir / '<class name>'}/*.jpg.")
-        if split == SPLITS[0]:
-            class_names = classes
-            if len(classes) < 2:
-                raise DataError(f"{split_dir} has only the class folder {classes}; "
-                                "classification needs at least 2 class folders.")
-        elif classes != class_names:
-            missing = sorted(set(class_names) - set(classes))
-            extra = sorted(set(classes) - set(class_names))
-            raise DataError(f"The class folders of split '{split}' ({split_dir}) differ from "
-                            f"train's: missing {missing}, extra {extra}. Every split needs "
-                            "the same class folders (rename, add or remove them).")
-    return class_names, stray
-
-
-def scan(path, cache_dir=None) -> DatasetInfo:
+def scan(path, cache_dir=None, split: assign.SplitSpec | None = None) -> DatasetInfo:
     """Checks the folder layout and every file in it, without TensorFlow.
 
     Args:
         path: The dataset folder (str or Path).
         cache_dir: Where converted images and scan verdicts go; default
             ``imagecheck.default_cache_dir(path)``.
+        split: ``dataset.split``/``split_seed``/``folds``/``fold``
+            (``assign.SplitSpec.from_config``); default: the folder's own
+            split, ``DEFAULT_SPLIT`` where it has none, no folds.
 
     Returns:
         The classes (sorted), kept images per split, skipped and converted files.
 
     Raises:
-        DataError: The folder or a split folder is missing, a split has no
-            class folders (or fewer than 2), the class folders differ from
-            train's, a class folder holds no usable image, or the cache folder
-            cannot be written.
+        DataError: The folder is missing or in none of the accepted layouts
+            (the message says what it holds), a split has fewer than 2 class
+            folders, the class folders differ from train's, a class folder
+            holds no usable image, a class is too small for the split or the
+            folds, or the cache folder cannot be written.
     """
     path = Path(path).expanduser().absolute()
-    class_names, stray = _layout(path)
-    per_class = {(s, c): _class_files(path / s / c, path) for s in SPLITS for c in class_names}
+    lay = layout.detect(path)
+    class_names, stray = lay.class_names, lay.stray
+    per_class = {(g, c): _class_files(path / g / c, path) for g in lay.groups for c in class_names}
     cache = Path(cache_dir) if cache_dir else imagecheck.default_cache_dir(path)
     try:
         every = [rel for rels in per_class.values() for rel in rels]
@@ -197,11 +182,10 @@ def scan(path, cache_dir=None) -> DatasetInfo:
         raise DataError(f"Scanning {path} failed: {e}. Rerun once the folder is stable; if "
                         f"{cache} cannot be written, set TRANSFERLAB_CACHE=<writable "
                         "folder>.") from e
-    skipped = [f"{rel}: not in a class folder" for s in SPLITS for rel in stray[s]]
+    skipped = [f"{rel}: not in a class folder" for rel in stray]
     converted: list[str] = []
-    files: dict[str, list[Entry]] = {s: [] for s in SPLITS}
-    counts: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
-    for (split, name), rels in per_class.items():
+    kept_by: dict[tuple[str, str], list[Entry]] = {}
+    for (group, name), rels in per_class.items():
         kept = []
         for rel in rels:
             kind, detail, source, digest, extra = found[rel]
@@ -214,14 +198,17 @@ def scan(path, cache_dir=None) -> DatasetInfo:
                               phash=extra.get("phash", ""), width=extra.get("width", 0),
                               height=extra.get("height", 0)))
         if not kept:
-            bad = [s for s in skipped if s.startswith(f"{split}/{name}/")]
-            raise DataError(f"Class folder {path / split / name} has no usable image"
+            where = f"{group}/{name}/" if group else f"{name}/"
+            bad = [s for s in skipped if s.startswith(where)]
+            raise DataError(f"Class folder {path / group / name} has no usable image"
                             + (f" ({len(bad)} skipped: {'; '.join(bad[:5])}"
                                f"{' ...' if len(bad) > 5 else ''})" if bad else "")
                             + "; add images (JPEG, PNG, GIF, BMP, WebP, TIFF) or remove this "
                             "class folder from every split.")
-        files[split] += kept
-        counts[split][name] = len(kept)
+        kept_by[(group, name)] = kept
+    files, folds = assign.assign(lay.kind, kept_by, class_names, split or assign.SplitSpec())
+    counts = {s: {name: sum(1 for e in files[s] if e.label == i)
+                  for i, name in enumerate(class_names)} for s in SPLITS}
     if skipped:
         log.warning("%s: %d file(s) skipped: %s%s", path, len(skipped), "; ".join(skipped[:10]),
                     " ..." if len(skipped) > 10 else "")
@@ -229,7 +216,7 @@ def scan(path, cache_dir=None) -> DatasetInfo:
         log.info("%s: %d image(s) converted to RGB PNG for TensorFlow, in %s",
                  path, len(converted), cache / "converted")
     return DatasetInfo(path=path, class_names=class_names, counts=counts, files=files,
-                       skipped=skipped, converted=converted)
+                       skipped=skipped, converted=converted, layout=lay.kind, folds=folds)
 
 
 def _decode(path, image_size: int):
@@ -303,7 +290,7 @@ def load(info: DatasetInfo, image_size: int, batch_size: int, seed: int,
             if repeat_train:
                 ds = ds.repeat()
         pipelines[split] = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    test_paths = [im.rel.split("/", 1)[1] for im in info.files["test"]]
+    test_paths = [info.split_path(im) for im in info.files["test"]]
     return Splits(**pipelines, test_paths=test_paths, class_names=list(info.class_names),
                   num_classes=k, counts=counts, skipped=list(info.skipped),
                   converted=list(info.converted))

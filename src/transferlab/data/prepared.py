@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 
 from transferlab.data import duplicates as dup
-from transferlab.data.folder import DataError, DatasetInfo, scan
+from transferlab.data.folder import DataError, DatasetInfo
 
 MODES = ("warn", "drop", "error")
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Prepared:
 
 
 def prepare(cfg) -> Prepared:
-    """Scans the job's data folder and applies ``dataset.duplicates``.
+    """Scans the job's data folder (``scan_job``: the job's split) and applies ``dataset.duplicates``.
 
     Args:
         cfg: a job config (``dataset.*``; a config without ``dataset.duplicates``,
@@ -47,12 +47,12 @@ def prepare(cfg) -> Prepared:
         DataError: the scan's errors; ``error`` mode and copies across splits;
             ``drop`` mode leaving a class of validation or test without images.
     """
-    from transferlab.data import dataset_path
+    from transferlab.data import scan_job
 
     mode = cfg.dataset.get("duplicates", "warn") or "warn"
     if mode not in MODES:
         raise DataError(f"dataset.duplicates={mode!r}: allowed {', '.join(MODES)}.")
-    return apply(scan(dataset_path(cfg)), mode)
+    return apply(scan_job(cfg), mode)
 
 
 def apply(info: DatasetInfo, mode: str) -> Prepared:

@@ -7,6 +7,9 @@ import re
 
 LABELS = ("backbone", "freeze")
 SEED = "seed"
+# k-fold: runs that differ only in the fold (or the seed) are replicates of one configuration.
+FOLD = "dataset.fold"
+REPLICATES = (SEED, FOLD)
 
 
 def _natural(value) -> tuple:
@@ -41,10 +44,10 @@ def determined(key: str, by: list[str], rows: list[dict]) -> bool:
 
 def axes_of(swept: list[str], rows_f: list[dict]) -> list[str]:
     """Swept keys that no earlier swept key determines (``image_size`` follows ``backbone``,
-    ``freeze.n`` follows ``freeze``), seed excluded: what a sweep really varies."""
+    ``freeze.n`` follows ``freeze``), seed and fold excluded: what a sweep really varies."""
     axes: list[str] = []
     for k in swept:
-        if k != SEED and not any(determined(k, [a], rows_f) for a in axes):
+        if k not in REPLICATES and not any(determined(k, [a], rows_f) for a in axes):
             axes.append(k)
     return axes
 

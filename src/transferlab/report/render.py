@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from transferlab.report.table import RESULT_COLUMNS, Table
+from transferlab.report.table import RESULT_COLUMNS, Table, replicate_key
 
 TEMPLATES = Path(__file__).parent / "templates"
 ERROR_TAGS = ("transferlab.error", "error", "mlflow.note.content")
@@ -120,7 +120,7 @@ def incomplete_runs(table: Table) -> list[dict]:
         newer = cfg.seeds
         for rec in cfg.superseded:
             f = table.fields[rec.run_id]
-            latest = newer[rec.params.get("seed", rec.run_id)].run_id
+            latest = newer[replicate_key(rec)].run_id
             out.append(dict(name=rec.name, status=rec.status, run_id=rec.run_id,
                             experiment_id=rec.experiment_id,
                             epochs=max((len(h) for h in rec.history.values()), default=0),
@@ -136,7 +136,7 @@ def summary(context: dict) -> dict:
     chosen = None
     if sel.chosen is not None:
         chosen = dict(label=sel.label, values={k: sel.chosen.get(k) for k in context["table"].axes},
-                      score=sel.score, n_seeds=sel.n_seeds,
+                      score=sel.score, n_seeds=sel.n_seeds, n_folds=sel.n_folds,
                       estimates={m: v[0] for m, v in sel.estimates.items()},
                       interval=list(sel.interval) if sel.interval else None,
                       interval_kind=sel.interval_kind, flags=sel.flags,

@@ -1,7 +1,7 @@
 """The report's answer: the configuration chosen on validation, its test score, the baselines.
 
-``choose`` ranks configurations by the selection metric (mean over seeds of
-each job's validation score, metric.py) and reports the chosen one's TEST
+``choose`` ranks configurations by the selection metric (mean over seeds, and
+k-fold folds, of each job's validation score, metric.py) and reports the chosen one's TEST
 scores as the estimate of how it does on new images: the test split played
 no part in choosing it. ``test_sets`` describes each test split the runs were
 scored on (class counts, imbalance, majority-class rate), and
@@ -32,7 +32,8 @@ class Selection:
     chosen: Config | None = None
     label: str = ""
     score: float | None = None
-    n_seeds: int = 0
+    n_seeds: int = 0  # runs the score averages: seeds x folds
+    n_folds: int = 0  # k-fold folds among them (0: no k-fold)
     estimates: dict[str, tuple] = field(default_factory=dict)  # metric -> (mean, std, n)
     interval: tuple[float, float] | None = None
     interval_kind: str = ""
@@ -52,6 +53,7 @@ def choose(table: Table) -> Selection:
         return sel
     best = ranked[0]
     sel.chosen, sel.score, sel.n_seeds = best, best.score, len(best.runs)
+    sel.n_folds = best.n_folds
     sel.label = config_label(best, table.axes) or "the only configuration"
     for m in ESTIMATES:
         if (stat := best.stat(m)) is not None:
@@ -66,7 +68,9 @@ def choose(table: Table) -> Selection:
     if len(accs) >= 2:
         iv = t_interval(accs)
         sel.interval = (max(0.0, iv.low), min(1.0, iv.high))  # an accuracy stays in [0, 1]
-        sel.interval_kind = f"t-interval over {len(accs)} seeds"
+        sel.interval_kind = (f"t-interval over {len(accs)} seeds" if not sel.n_folds else
+                             f"t-interval over {len(accs)} runs ({sel.n_folds} folds; their "
+                             "training sets overlap, so it is narrower than new data would give)")
     else:
         n = int(best.runs[0].metrics.get("test_images") or (
             len(best.runs[0].predictions.paths) if best.runs[0].predictions else 0))
@@ -81,7 +85,7 @@ def choose(table: Table) -> Selection:
 class TestSet:
     """One test split as the runs' predictions show it."""
 
-    fingerprint: str
+    fingerprint: str                    # data fingerprint of its first run (tag)
     n: int
     counts: list[tuple[str, int]]       # (class, images), class order
     ratio: float                        # largest / smallest class (inf: a class has none)
@@ -89,6 +93,7 @@ class TestSet:
     majority_rate: float                # always answering the majority class
     n_runs: int
     logged_majority: float | None = None  # ref_majority_test_acc (train's majority class)
+    fingerprints: frozenset = frozenset()  # every data fingerprint scored on this test split
 
     @property
     def imbalanced(self) -> bool:
@@ -99,16 +104,27 @@ class TestSet:
         return min(self.counts, key=lambda c: c[1])
 
 
+def _test_key(rec) -> tuple:
+    """The test split a run was scored on: its data fingerprint, or with k-fold (whose folds
+    differ in train/validation only) the test images and labels themselves."""
+    if rec.params.get("dataset.fold") in (None, "None", "null"):
+        return (rec.tags.get("data_fingerprint", ""),)
+    p = rec.predictions
+    return ("folds", tuple(p.paths), p.true.tobytes())
+
+
 def test_sets(table: Table) -> list[TestSet]:
-    """Per data fingerprint (tag ``data_fingerprint``), the test split's class balance."""
-    by_fp: dict[str, list] = defaultdict(list)
+    """Per test split (tag ``data_fingerprint``; the k-fold folds of one split share their
+    test split), the test split's class balance."""
+    by_fp: dict[tuple, list] = defaultdict(list)
     for cfg in table.configs:
         for r in cfg.runs:
             if r.predictions is not None:
-                by_fp[r.tags.get("data_fingerprint", "")].append(r)
+                by_fp[_test_key(r)].append(r)
     out = []
-    for fp, runs in sorted(by_fp.items()):
+    for runs in sorted(by_fp.values(), key=lambda rs: rs[0].tags.get("data_fingerprint", "")):
         rec = runs[0]
+        fp = rec.tags.get("data_fingerprint", "")
         p = rec.predictions
         k = max(p.n_classes, len(rec.classes or []))
         names = rec.classes if rec.classes and len(rec.classes) >= k else [str(i) for i in range(k)]
@@ -120,7 +136,8 @@ def test_sets(table: Table) -> list[TestSet]:
         ratio = float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
         out.append(TestSet(fp, n, [(names[i], int(c)) for i, c in enumerate(counts)], ratio,
                            names[top], float(counts[top] / n), len(runs),
-                           rec.metrics.get("ref_majority_test_acc")))
+                           rec.metrics.get("ref_majority_test_acc"),
+                           frozenset(r.tags.get("data_fingerprint", "") for r in runs)))
     return out
 
 
@@ -151,7 +168,7 @@ def reference_rows(table: Table, sets: list[TestSet]) -> list[dict]:
         rate = ts.majority_rate if ts.logged_majority is None else ts.logged_majority
         suffix = f" ({ts.fingerprint[:8]})" if len(sets) > 1 and ts.fingerprint else ""
         same = [r for c in table.configs for r in c.runs
-                if r.tags.get("data_fingerprint", "") == ts.fingerprint]
+                if r.tags.get("data_fingerprint", "") in (ts.fingerprints or {ts.fingerprint})]
         maj = next((r for r in same if "ref_majority_test_acc" in r.metrics), None)
         # a constant answer: right on the majority's share, recall 1 on one class of k
         rows.append(dict(name=f"majority class, always {ts.majority_class!r}{suffix}",

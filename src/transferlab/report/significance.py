@@ -20,6 +20,11 @@ A verdict needs the adjusted p < 0.05 and a CI that excludes 0; with >= 3
 seeds the across-seed interval must exclude 0 on the same side as well.
 Comparisons involving a flagged run (never beat the majority rate, diverged:
 flags.py) are reported as such, not as verdicts.
+
+k-fold (``dataset.folds``): where both sides ran every fold of a seed, they are
+paired once per seed on their out-of-fold predictions of the train +
+validation pool (oof.py); otherwise fold is paired with fold (and seed with
+seed) on the shared held-out test split, like seeds.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from transferlab.report import stats
+from transferlab.report import oof, stats
 from transferlab.report.collect import Predictions, ReportError, RunRecord
 from transferlab.report.metric import rank_key
 from transferlab.report.table import BASELINE, Config, Table, config_label
@@ -221,11 +226,13 @@ def compare(table: Table, baselines: dict[str, str] | None = None
 def _compare(table: Table, key: str, label: str, base: Config, cand: Config,
              why: str) -> Comparison:
     comp = Comparison(key, label, str(base.get(key)), str(cand.get(key)), why, base, cand)
-    pairs, matched = _pair_seeds(base, cand)
+    pairs, matched = oof.pairs(base, cand), True
+    if not pairs:
+        pairs, matched = _pair_seeds(base, cand)
     comp.pairs = [compare_pair(s, b, c) for s, b, c in pairs]
     comp.seeds_paired = matched
     for p in comp.pairs:
-        for run in (p.base_run, p.cand_run):
+        for run in oof.members(p.base_run) + oof.members(p.cand_run):
             for flag in table.flags.get(run.run_id, []):
                 text = f"{run.name}: {flag}"
                 if text not in comp.flags:
@@ -282,7 +289,9 @@ def _verdict(comp: Comparison) -> None:
         comp.verdict = next((p.verdict for p in comp.pairs if p.verdict), "cannot pair images")
         return
     n = len(comp.pairs)
-    if n == 1:
+    if (note := oof.note(comp.pairs[0].base_run, comp.n_images, n)) is not None:
+        comp.note = note
+    elif n == 1:
         comp.note = (f"one training run per side (seed {comp.pairs[0].seed}): add seeds "
                      f"({ADD_SEEDS}) to see whether it holds across training runs")
     elif n < MIN_SEEDS:

@@ -3,8 +3,10 @@
 A *field* is what a run varies in: the labels ``backbone`` and ``freeze``
 (from the run tags, falling back to the params) plus every logged param
 (dotted key). Keys whose value differs across the selection are *swept*; the
-*configuration* of a run is its swept fields except ``seed``, so runs that
-differ only in ``seed`` are replicates. Pure Python over RunRecords.
+*configuration* of a run is its swept fields except ``seed`` and ``dataset.fold``,
+so runs that differ only in ``seed`` or in the k-fold fold are replicates: a
+configuration's numbers are the mean ± std over its seeds and folds. Pure
+Python over RunRecords.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from functools import cached_property
 
 from transferlab.config.schema import NON_RESULT_KEYS, SYNTHETIC_ONLY_KEYS
 from transferlab.models.freeze import freeze_label as strategy_label
-from transferlab.report.axes import (LABELS, SEED, _natural, axes_of, default_axes,
-                                     determined, sort_values)
+from transferlab.report.axes import (FOLD, LABELS, REPLICATES, SEED, _natural, axes_of,
+                                     default_axes, determined, sort_values)
 from transferlab.report.collect import RunRecord
 from transferlab.report.metric import DEFAULT_METRIC, rank_key, run_score
 from transferlab.report.stats import mean_std
@@ -50,8 +52,21 @@ def fields_of(rec: RunRecord) -> dict[str, str | None]:
     return out
 
 
+def fold_of(rec: RunRecord) -> str | None:
+    """The run's k-fold fold (param ``dataset.fold``), None without k-fold."""
+    fold = rec.params.get(FOLD)
+    return None if fold in (None, "None", "null") else fold
+
+
 def _seed(rec: RunRecord) -> str:
-    return rec.params.get(SEED, rec.run_id)
+    """The replicate key: the seed, and the fold with k-fold (``"42/fold 1"``); runs of one
+    configuration with equal keys repeat each other (the newer one counts)."""
+    seed = rec.params.get(SEED, rec.run_id)
+    fold = fold_of(rec)
+    return seed if fold is None else f"{seed}/fold {fold}"
+
+
+replicate_key = _seed
 
 
 def _best_val(rec: RunRecord) -> tuple[float | None, int | None, float | None]:
@@ -77,7 +92,13 @@ class Config:
 
     @property
     def seeds(self) -> dict[str, RunRecord]:
+        """Replicate key (seed, with k-fold seed/fold) -> run."""
         return {_seed(r): r for r in self.runs}
+
+    @property
+    def n_folds(self) -> int:
+        """How many k-fold folds the finished runs cover (0 without k-fold)."""
+        return len({f for f in map(fold_of, self.runs) if f is not None})
 
     @property
     def unresolved(self) -> list[RunRecord]:
@@ -97,6 +118,7 @@ class Cell:
     n: int
     n_incomplete: int
     best: bool = False  # best selection score in its row (validation, never test)
+    folds: int = 0  # k-fold: how many folds the n runs cover
     delta: float | None = None
     score: float | None = None
 
@@ -174,6 +196,7 @@ class Table:
                 key = (cfg.get(self.rows_key), cfg.get(self.cols_key))
                 cell = cells.setdefault(key, Cell(None, None, 0, 0))
                 cell.n_incomplete += len(cfg.unresolved)
+                cell.folds = max(cell.folds, cfg.n_folds)
                 accs[key] += [r.metrics["test_acc"] for r in cfg.runs]
                 scores[key] += [s for s in (run_score(r, self.metric) for r in cfg.runs)
                                 if s is not None]
@@ -237,11 +260,11 @@ def build_table(records: list[RunRecord], rows: str | None = None,
         k.startswith(label + ".") and determined(k, [label], rows_f) for label in LABELS)]
     facet_keys: list[str] = []
     for k in swept:
-        if k in (SEED, rows_key, cols_key):
+        if k in (*REPLICATES, rows_key, cols_key):
             continue
         if not determined(k, [rows_key, cols_key] + facet_keys, rows_f):
             facet_keys.append(k)
-    config_keys = [k for k in swept if k != SEED]
+    config_keys = [k for k in swept if k not in REPLICATES]
     for k in (rows_key, cols_key):
         if k not in config_keys:
             config_keys.append(k)

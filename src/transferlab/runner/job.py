@@ -22,7 +22,7 @@ from transferlab.engine import diskfull
 from transferlab.models import pretrained
 from transferlab.models.freeze import freeze_label
 from transferlab.models.registry import input_size
-from transferlab.runner import datarecord, lease, tracking
+from transferlab.runner import datarecord, lease, splitlog, tracking
 from transferlab.runner.record import distribution, params, train_and_log
 from transferlab.runner.validate import validate
 
@@ -134,6 +134,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             c.log_batch(run_id, params=params({k: v for k, v in tracking.flat_params(cfg).items()
                                                if k not in have}))
             _log_data_report(c, run_id, info)
+            splitlog.log_split(c, run_id, info, cfg)
             datarecord.log_dataset(c, run_id, prepared)
 
         out = train_and_log(cfg, info, c, run_id, backup_dir, logged_until)

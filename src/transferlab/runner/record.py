@@ -108,6 +108,10 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
         metrics.update(latency.inference_metrics(model, cfg.runtime.latency_repeats,
                                                  cfg.runtime.latency_batches))
     metrics.update(artifacts.log_run_artifacts(cfg, model, splits, scores, c, run_id, plan.description))
+    if cfg.dataset.get("folds"):  # k-fold: out-of-fold predictions for the report's paired tests
+        from transferlab.runner import splitlog
+
+        splitlog.log_val_predictions(model, splits, info, c, run_id)
     if cfg.tracking.log_model:
         artifacts.log_model(model, splits, uri, run_id)
     rss = rss_mb()

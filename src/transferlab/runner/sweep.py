@@ -84,9 +84,10 @@ class SweepCallback(Callback):
             validate(cfg)  # a bad value in any job stops the sweep before TF loads
         # Check folders and generate synthetic data here, once: parallel jobs
         # must not race to write the same files.
-        firsts = {(str(data.dataset_path(c)), c.dataset.get("duplicates")): c for c in jobs}
+        firsts = {(str(data.dataset_path(c)), data.SplitSpec.from_config(c.dataset),
+                   c.dataset.get("duplicates")): c for c in jobs}
         for key in sorted(firsts, key=str):
-            data.prepare(firsts[key])  # missing split, differing classes, empty class, leaks
+            data.prepare(firsts[key])  # bad layout, differing class folders, empty class, leaks
         # One config spelt twice (lr=1e-3,0.001) is one job: the twin finds the
         # first one's run and is skipped, so it is counted once.
         self.n_jobs = len({json.dumps(tracking.result_params(c) | {"dataset.path": str(data.dataset_path(c))},
@@ -214,8 +215,10 @@ def summarize_parent(c, parent_run_id: str, summary_json, report_html: str) -> s
     metrics += [Metric(f"chosen_{k}", float(v), now, 0) for k, v in chosen["estimates"].items()
                 if v is not None]
     test = chosen["estimates"].get("test_acc")
+    runs = (f"{chosen['n_seeds']} runs over {chosen['n_folds']} folds" if chosen.get("n_folds")
+            else f"{chosen['n_seeds']} seed(s)")
     line = (f"chosen on validation: {chosen['label']} ({metric} {chosen['score']:.3f}, "
-            f"{chosen['n_seeds']} seed(s)); its test accuracy {test:.3f} is the estimate"
+            f"{runs}); its test accuracy {test:.3f} is the estimate"
             if test is not None else f"chosen on validation: {chosen['label']}")
     verdicts = [f"- {v['key']}: {v['candidate']} vs {v['baseline']} ({v['group']}): {v['verdict']}"
                 for v in s.get("comparisons", [])]

@@ -316,8 +316,10 @@ def config_hash(cfg: DictConfig, extra: dict | None = None) -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """``<backbone>-<freeze label>-lr<lr>-s<seed>``, the job run's name."""
-    return f"{cfg.backbone.name}-{freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)}-lr{cfg.lr:g}-s{cfg.seed}"
+    """``<backbone>-<freeze label>-lr<lr>-s<seed>[-f<fold>]``, the job run's name."""
+    fold = cfg.dataset.get("fold")
+    return (f"{cfg.backbone.name}-{freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)}"
+            f"-lr{cfg.lr:g}-s{cfg.seed}" + (f"-f{fold}" if fold is not None else ""))
 
 
 def find_runs(c, experiment_id: str, chash: str, status: str | None = None):

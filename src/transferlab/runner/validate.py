@@ -169,8 +169,45 @@ def _validate_freeze(cfg: DictConfig, bb) -> None:
         raise ConfigError("freeze=from_layer needs freeze.layer=<layer name of the base>.")
 
 
+def _validate_split(d: DictConfig) -> None:
+    """``dataset.split`` / ``split_seed`` / ``folds`` / ``fold`` (data/assign.py uses them)."""
+    split = d.get("split")
+    if split is not None:
+        fix = "Fix: e.g. dataset.split=[0.8,0.1,0.1] (train, validation, test), or null."
+        try:
+            fr = [float(x) for x in split]
+        except (TypeError, ValueError):
+            raise ConfigError(f"dataset.split={split}: three numbers expected. {fix}") from None
+        if len(fr) != 3:
+            raise ConfigError(f"dataset.split={fr}: three fractions (train, validation, test) "
+                              f"expected, got {len(fr)}. {fix}")
+        if min(fr) < 0 or not fr[0] > 0 or not fr[1] > 0:
+            raise ConfigError(f"dataset.split={fr}: every fraction must be >= 0 and train and "
+                              f"validation > 0. {fix}")
+        if abs(sum(fr) - 1) > 1e-6:
+            raise ConfigError(f"dataset.split={fr} sums to {sum(fr):g}; the fractions must sum "
+                              f"to 1. {fix}")
+    folds, fold = d.get("folds"), d.get("fold")
+    if folds is not None and folds < 2:
+        raise ConfigError(f"dataset.folds={folds}: k-fold needs at least 2 folds, or null (off). "
+                          "Fix: e.g. dataset.folds=5.")
+    if fold is not None and folds is None:
+        raise ConfigError(f"dataset.fold={fold} needs dataset.folds=<k> (how many folds). "
+                          f"Fix: e.g. dataset.folds=5 dataset.fold={fold}, or dataset.fold=null.")
+    if folds is not None and fold is None:
+        raise ConfigError(
+            f"dataset.folds={folds} without dataset.fold: one job trains one fold. Fix: "
+            f"dataset.fold=<0..{folds - 1}>, or run every fold as a sweep: "
+            f"`run.py -m ... dataset.folds={folds}` or transferlab.sweep([..., "
+            f"'dataset.folds={folds}']) (each fold its own run).")
+    if fold is not None and not 0 <= fold < folds:
+        raise ConfigError(f"dataset.fold={fold} is out of range for dataset.folds={folds}. "
+                          f"Fix: dataset.fold=0..{folds - 1}.")
+
+
 def _validate_dataset(cfg: DictConfig) -> None:
     d = cfg.dataset
+    _validate_split(d)
     _choose(d.get("duplicates", "warn"), DUPLICATES, "dataset.duplicates",
             "dataset.duplicates=warn (report), drop (remove the validation/test copies) or error.")
     cw = cfg.trainer.get("class_weight")
@@ -186,11 +223,13 @@ def _validate_dataset(cfg: DictConfig) -> None:
             )
         return
     if not d.path:
-        raise ConfigError(f"dataset={d.name} needs dataset.path=<folder with train/ validation/ test/>.")
+        raise ConfigError(f"dataset={d.name} needs dataset.path=<folder with train/ validation/ test/, "
+                          "train/ test/, or one sub-folder per class>.")
     if not os.path.isdir(d.path):
         where = (" Put the lecture data there as {train,validation,test}/{cats,dogs}/, or "
                  "point data_dir=<folder holding cats_dogs/> at it." if d.name == "cats_dogs" else "")
         raise ConfigError(
             f"dataset.path={d.path!r} does not exist. It must hold train/, validation/ and "
-            f"test/, each with one sub-folder per class.{where}"
+            f"test/ (or train/ and test/), each with one sub-folder per class, or one sub-folder "
+            f"per class (split by dataset.split).{where}"
         )
