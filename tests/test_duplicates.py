@@ -322,3 +322,25 @@ def test_many_copies_of_one_file_stay_linear():
     found = duplicates.find(info)
     assert len(found.pairs) == 10_000 - 20 and time.perf_counter() - t0 < 5
     assert found.counts()["train/test"]["exact"] == 1500
+
+
+def test_one_folder_of_classes_is_checked_after_its_split(tmp_path):
+    """A flat folder (split by dataset.split): copies are compared in the splits the
+    assignment gave them; drop leaves no copy across splits."""
+    root = tmp_path / "flat"
+    for k, cls in enumerate("ab"):
+        for i in range(10):
+            save(scene(300 + 20 * k + i), root / cls / f"{i}.png")
+    for i in range(4):
+        shutil.copyfile(root / "a/0.png", root / "a" / f"copy{i}.png")
+    cfg = OmegaConf.create({"dataset": {"name": "folder", "path": str(root), "duplicates": "warn",
+                                        "split": [0.6, 0.2, 0.2], "split_seed": 0}})
+    p = data.prepare(cfg)
+    where = {e.rel: s for s in data.SPLITS for e in p.info.files[s]}
+    assert len(p.duplicates.pairs) == 4  # 5 byte-identical files: 4 pairs against the first
+    assert all((where[q.path_a], where[q.path_b]) == (q.split_a, q.split_b) for q in p.duplicates.pairs)
+    assert any(q.cross for q in p.duplicates.pairs)  # with split_seed 0 the copies span splits
+    cfg.dataset.duplicates = "drop"
+    dropped = data.prepare(cfg)
+    assert not [q for q in duplicates.find(dropped.info).pairs if q.cross]
+    assert len(dropped.duplicates.dropped) == sum(q.cross for q in p.duplicates.pairs)
