@@ -47,10 +47,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transferlab.data.folder import SPLITS, DatasetInfo
+from transferlab.data.thumbs import MAX_COARSE_DIFF, MIN_CORRELATION, similar, thumbnail  # noqa: F401
 
 NEAR_THRESHOLD = 6  # bits of 64; see the module docstring for the measurement
-MIN_CORRELATION = 0.96  # of the 16x16 RGB thumbnails of a near candidate pair, or
-MAX_COARSE_DIFF = 4.0  # mean absolute difference of their 4x4 block means, in 0..255 levels
 EXACT, NEAR = "exact", "near"
 CSV_COLUMNS = ("split_a", "path_a", "split_b", "path_b", "kind", "distance", "same_label")
 
@@ -186,34 +185,6 @@ def near_pairs(hashes: np.ndarray, threshold: int = NEAR_THRESHOLD) -> tuple[np.
     if not out_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
-
-
-def thumbnail(path: str) -> np.ndarray | None:
-    """16x16 RGB float thumbnail of an image file (box filter); None if it cannot be read."""
-    from PIL import Image
-
-    from transferlab.data.imagecheck import to_rgb
-
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (64, 64))  # JPEG: decode at a reduced DCT scale
-            return np.asarray(to_rgb(im).resize((16, 16), Image.Resampling.BOX), dtype=np.float64)
-    except (OSError, ValueError):
-        return None  # changed since the scan: not confirmed
-
-
-def similar(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    """Whether two 16x16 RGB thumbnails show the same picture: their 4x4 block means
-    differ by at most ``MAX_COARSE_DIFF`` levels on average, or they correlate at
-    ``MIN_CORRELATION`` or more (Pearson: brightness and contrast changes pass)."""
-    if a is None or b is None:
-        return False
-    coarse = lambda t: t.reshape(4, 4, 4, 4, -1).mean(axis=(1, 3))  # noqa: E731  16x16 -> 4x4
-    if float(np.abs(coarse(a) - coarse(b)).mean()) <= MAX_COARSE_DIFF:
-        return True
-    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-    na, nb = float(a @ a), float(b @ b)
-    return na > 0 and nb > 0 and float(a @ b) / np.sqrt(na * nb) >= MIN_CORRELATION
 
 
 def find(info: DatasetInfo, threshold: int = NEAR_THRESHOLD) -> Duplicates:
