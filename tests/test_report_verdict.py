@@ -233,6 +233,10 @@ def test_flags_rules():
     assert flags([0.7, float("nan")], [], [], None)[0].startswith("diverged (non-finite")
     assert flags([0.5, 0.9], [], [], None)[0].startswith("diverged (training loss grew")
     assert flags([0.5, 0.52], [], [], None) == []                      # noise, not growth
+    # 3 classes, validation at exactly the majority rate 1/3: float32 logs 0.3333333432674408
+    import numpy as np
+    third = float(np.float32(1 / 3))
+    assert flags([0.7, 0.5], [0.7, 0.6], [third], 1 / 3, None, [third], 1 / 3)[0].startswith(NEVER_BEAT)
 
 
 def test_sweep_parent_run_gets_the_answer(val_vs_test, tmp_path):
@@ -259,3 +263,6 @@ def test_report_metric_config_is_checked_before_any_job(compose):
     validate(compose(["report.metric=val_balanced_acc"]))
     with pytest.raises(ConfigError, match="report.metric=test_acc"):
         validate(compose(["report.metric=test_acc"]))
+    # a typo would train every job and then choose nothing
+    with pytest.raises(ConfigError, match=r"report.metric=val_accuracy: jobs log no such metric \(did you mean val_acc"):
+        validate(compose(["report.metric=val_accuracy"]))

@@ -51,11 +51,13 @@ def test_epoch_backup_restores_weights_and_optimizer_state(compose, tmp_path):
     ({"name": "constant"}, 7, 1.0),
     ({"name": "step", "step_size": 2, "gamma": 0.5}, 5, 0.25),           # 5 // 2 = 2 halvings
     ({"name": "cosine", "min_lr_ratio": 0.0}, 0, 1.0),
-    ({"name": "cosine", "min_lr_ratio": 0.0}, 9, 0.0),                  # last of 10 epochs
-    ({"name": "cosine", "min_lr_ratio": 0.1}, 9, 0.1),
+    # the last of 10 epochs still learns (was 0: a wasted epoch), as CosineAnnealingLR(T_max=10)
+    ({"name": "cosine", "min_lr_ratio": 0.0}, 9, 0.5 * (1 + math.cos(math.pi * 9 / 10))),
+    ({"name": "cosine", "min_lr_ratio": 0.0}, 10, 0.0),                 # the floor, one past the end
+    ({"name": "cosine", "min_lr_ratio": 0.1}, 10, 0.1),
     ({"name": "cosine", "min_lr_ratio": 0.0, "linear_warmup_epochs": 1}, 0, 0.5),
     ({"name": "cosine", "min_lr_ratio": 0.0, "linear_warmup_epochs": 1}, 5,
-     0.5 * (1 + math.cos(math.pi * 4 / 8))),
+     0.5 * (1 + math.cos(math.pi * 4 / 9))),
 ])
 def test_learning_rate_schedules(sched, epoch, expected):
     s = OmegaConf.create({"linear_warmup_epochs": 0, "step_size": 10, "gamma": 0.1,

@@ -45,6 +45,10 @@ SYNTHETIC_ONLY_KEYS = ("dataset.num_classes", "dataset.images_per_class", "datas
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 
 
+# Validation metrics every job logs per epoch: what `report.metric` may rank by.
+SELECTION_METRICS = ("val_acc", "val_balanced_acc", "val_loss")
+
+
 class ConfigError(ValueError):
     """A user-facing configuration error; its message says what to change."""
 
@@ -111,7 +115,7 @@ class SchedulerConf:
     linear_warmup_epochs: int = 0
     step_size: int = 10  # step: lr *= gamma every step_size epochs
     gamma: float = 0.1
-    min_lr_ratio: float = 0.0  # cosine: decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0  # cosine: decays towards lr * min_lr_ratio (reached one epoch past the last)
 
 
 @dataclass

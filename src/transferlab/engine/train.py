@@ -56,7 +56,9 @@ def lr_at(epoch: int, base_lr: float, sched, epochs: int) -> float:
         return base_lr * (epoch + 1) / (w + 1)
     t = epoch - w
     if sched.name == "cosine":
-        span = max(1, epochs - w - 1)
+        # Per epoch as PyTorch's CosineAnnealingLR(T_max=epochs): the last epoch still
+        # learns (t = span - 1); a span of epochs - 1 spent the last epoch at the floor (0).
+        span = max(1, epochs - w)
         floor = sched.min_lr_ratio * base_lr
         return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * min(t, span) / span))
     if sched.name == "step":

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 
+from transferlab.config.schema import SELECTION_METRICS
 from transferlab.report.collect import ReportError, RunRecord
 
 DEFAULT_METRIC = "val_acc"
-KNOWN = ("val_acc", "val_balanced_acc", "val_loss")
+KNOWN = SELECTION_METRICS
 
 
 def check_metric(metric: str | None) -> str:

@@ -144,8 +144,15 @@ def is_unreachable(e: BaseException) -> bool:
 
 
 def ui_command(uri: str) -> str:
-    """The exact ``mlflow ui`` line for a store."""
-    return f"mlflow ui --backend-store-uri {uri}"
+    """The exact ``mlflow ui`` line for a store: ``mlflow`` if it is on PATH, else the one
+    beside this Python (a virtual environment that is not activated)."""
+    import shutil
+    import sys
+
+    exe = "mlflow"
+    if not shutil.which("mlflow") and (Path(sys.executable).parent / "mlflow").exists():
+        exe = str(Path(sys.executable).parent / "mlflow")
+    return f"{exe} ui --backend-store-uri {uri}"
 
 
 def runs_view_url(uri: str, experiment_id: str, metric: str = "val_acc") -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from transferlab.config import ConfigError
+from transferlab.config.schema import SELECTION_METRICS
 from transferlab.models.freeze import STRATEGIES
 from transferlab.models.registry import BACKBONES, input_size, spec
 
@@ -71,6 +72,11 @@ def validate(cfg: DictConfig) -> None:
     if not str(metric).startswith("val_"):  # ranking on test data would flatter the winner
         raise ConfigError(f"report.metric={metric}: configurations are ranked on validation data. "
                           "Fix: report.metric=val_acc, val_balanced_acc or val_loss.")
+    if metric not in SELECTION_METRICS:  # a typo would train every job, then choose nothing
+        near = difflib.get_close_matches(str(metric), SELECTION_METRICS, 1)
+        raise ConfigError(f"report.metric={metric}: jobs log no such metric"
+                          + (f" (did you mean {near[0]}?)" if near else "")
+                          + f". Fix: report.metric={' or '.join(SELECTION_METRICS)}.")
     if not cfg.trainer.warmup_lr > 0:
         raise ConfigError(f"trainer.warmup_lr must be > 0, got {cfg.trainer.warmup_lr}.")
     if not cfg.optimizer.backbone_lr_mult > 0:
