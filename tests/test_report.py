@@ -343,3 +343,37 @@ def test_retried_seed_keeps_latest_run_and_resolves_failures():
     cell = t.matrices[0].cells[("vgg19", "all")]
     assert (cell.mean, cell.n, cell.n_incomplete) == (0.90, 1, 1)
     assert t.matrices[0].cells[("vgg19", "none")].delta == pytest.approx(-0.2)
+
+
+def test_runs_on_two_data_sets_are_two_configurations_not_replicates():
+    """The same config and seed on two folders: both kept, apart (a new user's report once
+    listed one as 'superseded' by the other and averaged across folders)."""
+    recs = [_rec(1, "vgg19", "all", "1e-05", 1, 0.80, **{"dataset.path": "/d/cats"}),
+            _rec(2, "vgg19", "all", "1e-05", 1, 0.60, **{"dataset.path": "/d/dogs"}),
+            _rec(3, "vgg19", "none", "1e-05", 1, 0.90, **{"dataset.path": "/d/cats"})]
+    for r, data_id in zip(recs, ["aaaaaa11", "bbbbbb22", "aaaaaa11"]):
+        r.tags["dataset_id"] = data_id
+    t = build_table(recs)
+    assert "data" in t.swept
+    assert sorted(c.get("data") for c in t.configs) == ["cats (aaaaaa)", "cats (aaaaaa)", "dogs (bbbbbb)"]
+    assert all(not c.superseded and len(c.runs) == 1 for c in t.configs)
+    # one data set: a constant, shown among the common settings
+    same = build_table([recs[0], recs[2]])
+    assert same.constant["data"] == "cats (aaaaaa)" and "data" not in same.swept
+
+
+def test_dataset_id_is_the_same_for_every_fold_and_differs_between_folders(tmp_path):
+    from PIL import Image
+
+    from transferlab import data
+    from transferlab.data.stats import dataset_id
+
+    for cls, level in (("a", 30), ("b", 200)):
+        (tmp_path / "one" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (level + i, 0, 0)).save(tmp_path / "one" / cls / f"{i}.png")
+    folds = [data.scan(tmp_path / "one", split=data.SplitSpec(folds=2, fold=k)) for k in (0, 1)]
+    assert folds[0].fingerprint() != folds[1].fingerprint()
+    assert dataset_id(folds[0]) == dataset_id(folds[1])
+    Image.new("RGB", (8, 8), (99, 99, 99)).save(tmp_path / "one" / "a" / "6.png")
+    assert dataset_id(data.scan(tmp_path / "one", split=data.SplitSpec(folds=2, fold=0))) != dataset_id(folds[0])

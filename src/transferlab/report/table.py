@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 from transferlab.config.schema import NON_RESULT_KEYS, SYNTHETIC_ONLY_KEYS
 from transferlab.models.freeze import freeze_label as strategy_label
@@ -49,6 +50,12 @@ def fields_of(rec: RunRecord) -> dict[str, str | None]:
     out: dict[str, str | None] = dict(rec.params)
     out["backbone"] = rec.tags.get("backbone") or rec.params.get("backbone.name")
     out["freeze"] = rec.tags.get("freeze") or freeze_label(rec.params)
+    # The data set (tag dataset_id, the same for every fold): runs on two folders are two
+    # configurations, never replicates of one, whatever their other params.
+    if rec.tags.get("dataset_id"):
+        path = rec.params.get("dataset.path")
+        name = Path(path).name if path not in (None, "None", "") else rec.params.get("dataset.name", "")
+        out["data"] = f"{name} ({rec.tags['dataset_id'][:6]})"
     return out
 
 
