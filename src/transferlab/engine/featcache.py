@@ -71,6 +71,7 @@ class Prepared:
     validation: object
     note: str  # for the log and the MLflow tag
     seconds: float
+    test: object = None  # the test split as (features, labels), same order and batches
 
 
 def _source(ds):
@@ -236,7 +237,9 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
         decision: from ``decide`` (``use`` must be True).
         model: the full classifier (its preprocess layer and base compute the features).
         cfg: the job config.
-        splits: ``data.Splits``; train and validation are mapped to features.
+        splits: ``data.Splits``; train, validation and test are mapped to
+            features (test too, so the trained head scores it without
+            running the frozen layers again: evaluate.test_scores).
         folder: the cache folder (default ``featstore.cache_dir(cfg)``).
     """
     import keras
@@ -247,7 +250,7 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
     prefix = base if decision.tail is None else keras.Model(base.inputs, decision.tensor,
                                                             name=f"{base.name}_prefix")
     pre = model.get_layer("preprocess")
-    sources = [_source(splits.train), _source(splits.validation)]
+    sources = [_source(splits.train), _source(splits.validation), splits.test]
     keys_fn = _keys_fn()
     keys = _image_keys(sources, keys_fn)
     material = store.material(cfg, model, decision.cut_name, prefix, keys)
@@ -292,4 +295,5 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
 
     per_image = int(np.prod(feats.shape[1:]))
     note = (f"on: {decision.reason}; {len(uniq)} images x {per_image:,} features, {how}{saved}")
-    return Prepared(mapped(splits.train), mapped(splits.validation), note, time.perf_counter() - t0)
+    return Prepared(mapped(splits.train), mapped(splits.validation), note, time.perf_counter() - t0,
+                    mapped(splits.test))

@@ -1,0 +1,257 @@
+"""A 4-job sweep through ``run.py -m`` vs the plain Keras loop a user writes instead.
+
+    .venv/bin/python benchmarks/sweep_vs_keras.py [--epochs 5 50] [--reps 1] [--estimate-plain-above 5]
+
+The task (issue 12, "Measure"): MobileNetV2, random init, 96 px,
+``freeze=all,last4`` x ``lr=1e-3,1e-4``, batch 32, no augmentation, on 2,000
+distinct generated JPEGs (500x375, 2 classes; 1,400 train, 300 validation,
+300 test), at each ``--epochs``.
+
+sweep side: ``python run.py -m`` in a subprocess on a fresh MLflow store (a
+new ``root_dir``) and a fresh feature cache, with the project's defaults
+except what the task names (so: per-job worker process, frozen-feature cache
+``auto``, BatchNorm calibration of the random base, latency measurement,
+plots, confusion matrix, error gallery, per-epoch backups, the sweep's
+comparison report at the end). Wall time of the whole command, Python start
+and TensorFlow import included.
+
+plain side: one Python process (also a subprocess, TF import included) that
+does what the Keras tutorials do, 4 times: ``image_dataset_from_directory``
+(train shuffled, validation, test; ``.cache().prefetch()``), the same model
+(``preprocess_input`` -> ``MobileNetV2(weights=None)(training=False)`` ->
+``Flatten`` -> ``Dense(1, sigmoid)``), ``base.trainable=False`` or the
+lecture's ``for layer in base.layers[:-4]: layer.trainable = False``,
+RMSprop(lr), ``fit(..., callbacks=[mlflow.keras.MlflowCallback(run)])`` in an
+MLflow run, then ``evaluate`` on the test split logged as test metrics. It
+has none of the sweep's extras (no report, plots, predictions file, latency,
+backups, resume, BatchNorm calibration, feature cache, config hash).
+
+With ``--estimate-plain-above E`` the plain side is *not run* for epochs >
+E: its time is estimated from its measured run at the smallest --epochs as
+measured wall + (epochs - measured epochs) x the median per-epoch time of its
+fits (epochs 2.., summed over the 4 fits); the output marks it "estimated".
+The sides alternate (plain first on even reps), since the machine is shared;
+the load average is printed with each measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE, BS, W, H = 96, 32, 500, 375
+SPLIT_COUNTS = {"train": 700, "validation": 150, "test": 150}  # per class: 2,000 images in all
+FREEZES, LRS = ("all", "last4"), ("1e-3", "1e-4")
+
+
+def load() -> str:
+    a, b, c = os.getloadavg()
+    return f"load {a:.1f}/{b:.1f}/{c:.1f}"
+
+
+def write_jpegs(folder: Path, seed: int = 0) -> int:
+    """2,000 distinct 500x375 JPEGs: class 0 a bright disc, class 1 a bright bar, on noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    n = 0
+    for split, per_class in SPLIT_COUNTS.items():
+        for k, cls in enumerate(("disc", "bar")):
+            d = folder / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                bg = rng.uniform(0, 120, 3).astype(np.float32)
+                img = bg + rng.normal(0, 25, (H, W, 3)).astype(np.float32)
+                cy, cx, r = rng.uniform(80, H - 80), rng.uniform(80, W - 80), rng.uniform(40, 75)
+                if k == 0:
+                    mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+                else:
+                    mask = (np.abs(yy - cy) < r / 3) & (np.abs(xx - cx) < r * 1.4)
+                img[mask] += rng.uniform(80, 130)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{cls}_{i:04d}.jpg", quality=90)
+                n += 1
+    return n
+
+
+def run_sweep(folder: Path, root: Path, epochs: int) -> dict:
+    """``run.py -m`` in a subprocess; wall time and the per-job metrics from its MLflow store."""
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "backbone=mobilenetv2", "backbone.weights=null",
+           f"image_size={SIZE}", f"freeze={','.join(FREEZES)}", f"lr={','.join(LRS)}",
+           f"trainer.epochs={epochs}", f"trainer.batch_size={BS}", "augment=none", "dataset=folder",
+           f"dataset.path={folder}", f"root_dir={root}", "runtime.verbose=0",
+           f"hydra.sweep.dir={root}/multirun"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        sys.exit(f"sweep failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    import mlflow
+
+    c = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    jobs = []
+    for exp in c.search_experiments():
+        for r in c.search_runs([exp.experiment_id], "tags.`transferlab.role` = 'job'"):
+            m = dict(r.data.metrics)
+            m["wall_seconds"] = (r.info.end_time - r.info.start_time) / 1000
+            jobs.append({"name": r.data.tags.get("mlflow.runName"), "metrics": m,
+                         "feature_cache": r.data.tags.get("feature_cache", "")})
+    return {"wall": wall, "jobs": jobs, "stdout": p.stdout}
+
+
+def plain_worker(folder: str, root: str, epochs: int) -> None:
+    """The plain side, in its own process: 4 fits with MlflowCallback, then evaluate."""
+    t_start = time.perf_counter()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    mlflow.set_experiment("plain")
+    per_epoch, fits = [], []
+    for freeze in FREEZES:
+        for lr in LRS:
+            t0 = time.perf_counter()
+            keras.backend.clear_session()
+            keras.utils.set_random_seed(42)
+            kw = dict(image_size=(SIZE, SIZE), batch_size=BS, label_mode="binary", verbose=False)
+            train = keras.utils.image_dataset_from_directory(f"{folder}/train", shuffle=True, seed=42, **kw)
+            val = keras.utils.image_dataset_from_directory(f"{folder}/validation", shuffle=False, **kw)
+            test = keras.utils.image_dataset_from_directory(f"{folder}/test", shuffle=False, **kw)
+            train, val, test = (d.cache().prefetch(tf.data.AUTOTUNE) for d in (train, val, test))
+            base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+            if freeze == "all":
+                base.trainable = False
+            else:  # the lecture's loop
+                for layer in base.layers[:-4]:
+                    layer.trainable = False
+            inputs = keras.Input((SIZE, SIZE, 3))
+            x = keras.applications.mobilenet_v2.preprocess_input(inputs)
+            x = base(x, training=False)
+            x = keras.layers.Flatten()(x)
+            model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+            model.compile(optimizer=keras.optimizers.RMSprop(float(lr)), loss="binary_crossentropy",
+                          metrics=["accuracy"])
+            ends = []
+
+            class T(keras.callbacks.Callback):
+                def on_epoch_end(self, epoch, logs=None):
+                    ends.append(time.perf_counter())
+
+            with mlflow.start_run(run_name=f"freeze={freeze} lr={lr}") as run:
+                mlflow.log_params({"freeze": freeze, "lr": lr, "epochs": epochs, "batch_size": BS})
+                model.fit(train, validation_data=val, epochs=epochs, verbose=0,
+                          callbacks=[mlflow.keras.MlflowCallback(run), T()])
+                loss, acc = model.evaluate(test, verbose=0)
+                mlflow.log_metrics({"test_loss": loss, "test_acc": acc})
+            per_epoch += [b - a for a, b in zip(ends, ends[1:])]
+            fits.append(time.perf_counter() - t0)
+    print("RESULT " + json.dumps({"wall_inside": time.perf_counter() - t_start, "fits": fits,
+                                  "per_epoch_median": statistics.median(per_epoch) if per_epoch else 0.0}))
+
+
+def run_plain(folder: Path, root: Path, epochs: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, __file__, "--plain-worker", str(folder), str(root), str(epochs)],
+                       capture_output=True, text=True, env=env, cwd=root)
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode or not lines:
+        sys.exit(f"plain side failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return {"wall": wall, **json.loads(lines[-1][len("RESULT "):])}
+
+
+PHASES = ("data_seconds", "build_seconds", "feature_cache_seconds", "train_seconds", "first_step_seconds",
+          "test_seconds", "latency_seconds", "artifacts_seconds", "wall_seconds")
+
+
+def phase_table(jobs) -> str:
+    rows = []
+    for j in sorted(jobs, key=lambda j: j["name"] or ""):
+        m = j["metrics"]
+        rows.append([j["name"], *(f"{m[k]:.1f}" if k in m else "-" for k in PHASES)])
+    return table(["job", *(k.replace("_seconds", "") for k in PHASES)], rows)
+
+
+def table(headers, rows) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(out + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, nargs="+", default=[5, 50])
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--estimate-plain-above", type=int, default=None, metavar="E",
+                    help="estimate (not run) the plain side above E epochs")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--plain-worker", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.plain_worker:
+        return plain_worker(args.plain_worker[0], args.plain_worker[1], int(args.plain_worker[2]))
+    tmp = Path(tempfile.mkdtemp(prefix="sweep_vs_keras_"))
+    folder = tmp / "data"
+    t0 = time.perf_counter()
+    n = write_jpegs(folder)
+    print(f"{n} JPEGs {W}x{H} written in {time.perf_counter() - t0:.1f} s to {folder} ({load()})", flush=True)
+    rows, measured_plain = [], {}
+    for epochs in sorted(args.epochs):
+        sweeps, plains = [], []
+        estimate = args.estimate_plain_above is not None and epochs > args.estimate_plain_above
+        for rep in range(args.reps):
+            order = ("plain", "sweep") if rep % 2 == 0 else ("sweep", "plain")
+            for side in order:
+                if side == "plain" and estimate:
+                    continue
+                root = tmp / f"{side}-{epochs}-{rep}"
+                root.mkdir()
+                if side == "sweep":
+                    r = run_sweep(folder, root, epochs)
+                    sweeps.append(r)
+                    print(f"  {epochs} epochs, sweep: {r['wall']:.1f} s ({load()})", flush=True)
+                    print(phase_table(r["jobs"]), flush=True)
+                else:
+                    r = run_plain(folder, root, epochs)
+                    plains.append(r)
+                    print(f"  {epochs} epochs, plain Keras: {r['wall']:.1f} s (fits "
+                          f"{', '.join(f'{s:.1f}' for s in r['fits'])}; median epoch "
+                          f"{r['per_epoch_median']:.2f} s) ({load()})", flush=True)
+                shutil.rmtree(root / "mlruns" / "backups", ignore_errors=True)
+        s = min(r["wall"] for r in sweeps)
+        if plains:
+            p = min(plains, key=lambda r: r["wall"])
+            measured_plain = {"epochs": epochs, **p}
+            plain_s, how = p["wall"], "measured"
+        else:
+            base = measured_plain
+            plain_s = base["wall"] + (epochs - base["epochs"]) * len(base["fits"]) * base["per_epoch_median"]
+            how = (f"estimated: {base['wall']:.1f} s at {base['epochs']} epochs + "
+                   f"{epochs - base['epochs']} x 4 x {base['per_epoch_median']:.2f} s/epoch")
+        rows.append([epochs, f"{s:.1f}", f"{plain_s:.1f}", how, f"{plain_s / s:.2f}x"])
+    print(f"\nMobileNetV2@{SIZE} random init, freeze=all,last4 x lr=1e-3,1e-4, batch {BS}, no augmentation, "
+          f"{n} JPEGs {W}x{H}; wall seconds of the whole command, best of {args.reps}")
+    print(table(["epochs", "run.py -m (4 jobs)", "plain Keras (4 fits)", "plain how", "plain / sweep"], rows))
+    print("end:", load())
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        print("kept:", tmp)
+
+
+if __name__ == "__main__":
+    main()
