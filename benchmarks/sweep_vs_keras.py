@@ -85,14 +85,14 @@ def write_jpegs(folder: Path, seed: int = 0) -> int:
     return n
 
 
-def run_sweep(folder: Path, root: Path, epochs: int) -> dict:
-    """``run.py -m`` in a subprocess; wall time and the per-job metrics from its MLflow store."""
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "backbone=mobilenetv2", "backbone.weights=null",
+def run_sweep(folder: Path, root: Path, epochs: int, checkout: Path = ROOT) -> dict:
+    """``run.py -m`` of ``checkout`` in a subprocess; wall time and the per-job metrics from its store."""
+    cmd = [sys.executable, str(checkout / "run.py"), "-m", "backbone=mobilenetv2", "backbone.weights=null",
            f"image_size={SIZE}", f"freeze={','.join(FREEZES)}", f"lr={','.join(LRS)}",
            f"trainer.epochs={epochs}", f"trainer.batch_size={BS}", "augment=none", "dataset=folder",
            f"dataset.path={folder}", f"root_dir={root}", "runtime.verbose=0",
            f"hydra.sweep.dir={root}/multirun"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -200,6 +200,7 @@ def main():
     ap.add_argument("--estimate-plain-above", type=int, default=None, metavar="E",
                     help="estimate (not run) the plain side above E epochs")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--before", metavar="REV", help="also run the sweep of this git revision (git archive)")
     ap.add_argument("--plain-worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.plain_worker:
@@ -209,21 +210,29 @@ def main():
     t0 = time.perf_counter()
     n = write_jpegs(folder)
     print(f"{n} JPEGs {W}x{H} written in {time.perf_counter() - t0:.1f} s to {folder} ({load()})", flush=True)
+    checkouts = {"sweep": ROOT}
+    if args.before:
+        checkouts["before"] = tmp / "before"
+        checkouts["before"].mkdir()
+        tar = subprocess.run(["git", "archive", "--format=tar", args.before], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(checkouts["before"])], input=tar, check=True)
     rows, measured_plain = [], {}
     for epochs in sorted(args.epochs):
-        sweeps, plains = [], []
+        sweeps, plains, befores = [], [], []
         estimate = args.estimate_plain_above is not None and epochs > args.estimate_plain_above
         for rep in range(args.reps):
-            order = ("plain", "sweep") if rep % 2 == 0 else ("sweep", "plain")
+            order = ("plain", "sweep", "before") if rep % 2 == 0 else ("before", "sweep", "plain")
             for side in order:
-                if side == "plain" and estimate:
+                if (side == "plain" and estimate) or (side == "before" and not args.before):
                     continue
                 root = tmp / f"{side}-{epochs}-{rep}"
                 root.mkdir()
-                if side == "sweep":
-                    r = run_sweep(folder, root, epochs)
-                    sweeps.append(r)
-                    print(f"  {epochs} epochs, sweep: {r['wall']:.1f} s ({load()})", flush=True)
+                if side in checkouts:
+                    r = run_sweep(folder, root, epochs, checkouts[side])
+                    (sweeps if side == "sweep" else befores).append(r)
+                    what = "sweep" if side == "sweep" else f"sweep at {args.before} (before)"
+                    print(f"  {epochs} epochs, {what}: {r['wall']:.1f} s ({load()})", flush=True)
                     print(phase_table(r["jobs"]), flush=True)
                 else:
                     r = run_plain(folder, root, epochs)
@@ -242,10 +251,13 @@ def main():
             plain_s = base["wall"] + (epochs - base["epochs"]) * len(base["fits"]) * base["per_epoch_median"]
             how = (f"estimated: {base['wall']:.1f} s at {base['epochs']} epochs + "
                    f"{epochs - base['epochs']} x 4 x {base['per_epoch_median']:.2f} s/epoch")
-        rows.append([epochs, f"{s:.1f}", f"{plain_s:.1f}", how, f"{plain_s / s:.2f}x"])
+        b = f"{min(r['wall'] for r in befores):.1f} ({plain_s / min(r['wall'] for r in befores):.2f}x)" \
+            if befores else "-"
+        rows.append([epochs, f"{s:.1f}", f"{plain_s:.1f}", how, f"{plain_s / s:.2f}x", b])
     print(f"\nMobileNetV2@{SIZE} random init, freeze=all,last4 x lr=1e-3,1e-4, batch {BS}, no augmentation, "
           f"{n} JPEGs {W}x{H}; wall seconds of the whole command, best of {args.reps}")
-    print(table(["epochs", "run.py -m (4 jobs)", "plain Keras (4 fits)", "plain how", "plain / sweep"], rows))
+    print(table(["epochs", "run.py -m (4 jobs)", "plain Keras (4 fits)", "plain how", "plain / sweep",
+                 f"before: run.py -m at {args.before} (plain / it)"], rows))
     print("end:", load())
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
