@@ -99,3 +99,32 @@ def test_latency_is_measured_once_per_architecture(monkeypatch):
     _, how3 = latency.inference_metrics_once(_tiny(8), 1, 1)  # another graph: measured
     _, how4 = latency.inference_metrics_once(a, 2, 1)  # other repetitions: measured
     assert how3 == how4 == "measured" and len(calls) == 3
+
+
+def test_batchnorm_calibration_is_reused_bit_for_bit(monkeypatch):
+    from transferlab.engine import warmstart
+    from transferlab.models import build, weights
+
+    monkeypatch.setattr(warmstart, "_DONE", type(warmstart._DONE)())
+    calls = []
+    real = build.calibrate_batchnorm
+    monkeypatch.setattr(build, "calibrate_batchnorm", lambda *a: calls.append(1) or real(*a))
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+
+    def base():
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(42)
+        return weights.build("mobilenetv3small", 32, weights=None)
+
+    computed = base()
+    n, reused = warmstart.calibrate_once(computed, "mobilenetv3small", x)
+    again = base()  # the next job: same seed, same images
+    assert warmstart.calibrate_once(again, "mobilenetv3small", x) == (n, True)
+    assert len(calls) == 1 and n > 10 and not reused
+    fresh = base()
+    real(fresh, "mobilenetv3small", x)  # what computing it again gives
+    for a, b in zip(again.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Other images (or other initial weights): computed, not reused.
+    assert warmstart.calibrate_once(base(), "mobilenetv3small", x[::-1].copy())[1] is False
+    assert len(calls) == 2

@@ -51,7 +51,8 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     from transferlab.engine import latency, train
     from transferlab.engine.evaluate import test_scores
     from transferlab.models import registry
-    from transferlab.models.build import build_model, calibrate_batchnorm, param_counts, speed_switches
+    from transferlab.engine.warmstart import calibrate_once
+    from transferlab.models.build import build_model, param_counts, speed_switches
     from transferlab.runner import artifacts
     from transferlab.runner.callbacks import MlflowEpochLogger
 
@@ -70,8 +71,9 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
         model, base, plan = build_model(cfg, splits.num_classes, uri)
         if cfg.backbone.weights is None:  # random init: give BatchNorm real statistics
             images = next(iter(splits.train.unbatch().batch(64).take(1)))[0]
-            n_bn = calibrate_batchnorm(base, cfg.backbone.name, images)
-            c.set_tag(run_id, "bn_calibrated", f"{n_bn} BatchNorm layers from {len(images)} train images")
+            n_bn, reused = calibrate_once(base, cfg.backbone.name, images)
+            c.set_tag(run_id, "bn_calibrated", f"{n_bn} BatchNorm layers from {len(images)} train images"
+                      + (" (the same statistics as an earlier job of this process: reused)" if reused else ""))
         t_build = time.perf_counter() - t0
         total, trainable = param_counts(model)
         label = freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)
