@@ -128,3 +128,41 @@ def test_batchnorm_calibration_is_reused_bit_for_bit(monkeypatch):
     # Other images (or other initial weights): computed, not reused.
     assert warmstart.calibrate_once(base(), "mobilenetv3small", x[::-1].copy())[1] is False
     assert len(calls) == 2
+
+
+def _prepared(compose, tmp_path, freeze, folder):
+    from transferlab.engine import featcache
+    from transferlab.models.build import calibrate_batchnorm
+
+    cfg = compose([*TINY, f"freeze={freeze}"])
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(42)
+    splits = data.load(data.scan(data.dataset_path(cfg)), 32, 8, cfg.seed)
+    model, base, _ = build_model(cfg, 2)
+    calibrate_batchnorm(base, "mobilenetv3small", next(iter(splits.train))[0])  # real features, as a job
+    d = featcache.decide(model, base, cfg, splits)
+    prep = featcache.prepare(d, model, cfg, splits, folder)
+    feats = np.concatenate([np.asarray(x) for x, _ in prep.test])  # the cached features, test split
+    return d, prep, feats
+
+
+def test_freeze_all_saves_the_fine_tuning_cut_that_last4_then_reuses(compose, tmp_path, monkeypatch):
+    from transferlab.engine import featcache
+
+    calls = []
+    real = featcache._extract
+    monkeypatch.setattr(featcache, "_extract", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared = tmp_path / "shared"
+    d_all, p_all, f_all = _prepared(compose, tmp_path, "all", shared)
+    assert d_all.cut_name == "base output" and "through the cut before conv_1" in p_all.note, p_all.note
+    assert len([p for p in shared.iterdir() if p.is_dir()]) == 2  # the output's entry and the cut's
+    d_l4, p_l4, f_l4 = _prepared(compose, tmp_path, "last4", shared)
+    assert d_l4.cut_name == "before conv_1" and "reused" in p_l4.note, p_l4.note
+    assert len(calls) == 1  # the images went through the frozen layers once for both jobs
+    # What each job would have computed alone, from images: the same features.
+    _, _, alone_l4 = _prepared(compose, tmp_path, "last4", tmp_path / "alone_l4")
+    np.testing.assert_array_equal(f_l4, alone_l4)  # the same function on the same images
+    monkeypatch.setattr(featcache.featcut, "fine_tuning_cut", lambda base: None)  # the direct route
+    _, _, alone_all = _prepared(compose, tmp_path, "all", tmp_path / "alone_all")
+    np.testing.assert_allclose(f_all, alone_all, rtol=1e-5, atol=1e-6)
+    assert np.std(alone_all) > 1e-3  # calibrated: features that say something

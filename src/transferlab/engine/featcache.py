@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferlab.engine import featcut
 from transferlab.engine import featstore as store
 
 MODES = ("auto", "on", "off")
@@ -270,10 +271,15 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
             how = f"reused {entry} ({time.perf_counter() - t0:.1f} s)"
         else:
             t1 = time.perf_counter()
-            feats, uniq = _extract(prefix, pre, sources, keys_fn, max(32, cfg.trainer.batch_size))
+            bs = max(32, cfg.trainer.batch_size)
+            single = not cfg.trainer.get("warmup_epochs")  # see featcut.fine_tuning_cut
+            via = None if decision.tail is not None or saved or not single else featcut.extract_output(
+                base, model, cfg, pre, sources, keys_fn, keys, folder, bs, _extract)
+            feats, uniq = via[:2] if via else _extract(prefix, pre, sources, keys_fn, bs)
             built = time.perf_counter() - t1
             how = (f"built in {built:.1f} s" if why == "missing"
                    else f"cache entry {entry.name} was {why}: rebuilt in {built:.1f} s")
+            how += f" {via[2]}" if via else ""
             if not saved:
                 try:
                     store.save(entry, material, feats, uniq, built)
