@@ -42,14 +42,6 @@ def test_test_split_from_cached_features_equals_the_full_model(compose, tmp_path
     assert len(feats.true) == len(splits.test_paths)
 
 
-def test_no_head_scoring_without_features(compose, tmp_path):
-    cfg = compose([*TINY, "runtime.feature_cache=off"])
-    splits = data.load(data.scan(data.dataset_path(cfg)), 32, 8, cfg.seed)
-    model, base, _ = build_model(cfg, 2)
-    res = fit(model, base, cfg, splits, block_regex=None)
-    assert res.head is None and res.test_features is None
-
-
 def _job(compose, tmp_path, *overrides):
     keras.utils.set_random_seed(42)
     out = job.run(compose([*TINY, "trainer.epochs=2", "tracking.skip_finished=false", *overrides]))
@@ -146,6 +138,7 @@ def _prepared(compose, tmp_path, freeze, folder):
     return d, prep, feats
 
 
+@pytest.mark.slow  # four feature extractions (~20 s); test_featcache's reuse test counts the entries fast
 def test_freeze_all_saves_the_fine_tuning_cut_that_last4_then_reuses(compose, tmp_path, monkeypatch):
     from transferlab.engine import featcache
 
