@@ -31,7 +31,48 @@ E: its time is estimated from its measured run at the smallest --epochs as
 measured wall + (epochs - measured epochs) x the median per-epoch time of its
 fits (epochs 2.., summed over the 4 fits); the output marks it "estimated".
 The sides alternate (plain first on even reps), since the machine is shared;
-the load average is printed with each measurement.
+the load average is printed with each measurement. ``--before REV`` also runs
+the sweep of another revision (``git archive``) in the same script; each sweep
+prints its jobs' phases from their MLflow metrics (``data_seconds`` ... the
+run's wall time; ``test``, ``latency``, ``artifacts`` exist from this work on).
+
+Measured 2026-11-30 01:39-01:53 UTC, 2-core Xeon VM shared with three other
+engineers' tests and benchmarks (load average 3.7-6.3 throughout, so every
+figure is slower than on a quiet machine; both sides alike), one rep:
+
+    .venv/bin/python benchmarks/sweep_vs_keras.py --epochs 5 50 --estimate-plain-above 5 --before 6e20abd
+
+| epochs | run.py -m, this branch | run.py -m at 6e20abd (before) | plain Keras | plain / sweep: before -> after |
+|---|---|---|---|---|
+| 5 | 60.1 s | 79.1 s | 170.6 s measured | 2.16x -> **2.84x** |
+| 50 | 193.8 s | 252.5 s | 1107.8 s estimated (170.6 + 45 x 4 x 5.21 s/epoch) | 4.39x -> **5.72x** |
+
+Targets (>= 4x at 5 epochs, >= 20x at 50) not reached. Where the sweep's time
+goes now (5 epochs: job phases in s, from the runs' metrics; job order
+all/1e-3, all/1e-4, last4/1e-3, last4/1e-4):
+
+| phase | all 1e-3 | all 1e-4 | last4 1e-3 | last4 1e-4 | sum |
+|---|---|---|---|---|---|
+| data (decode 2,000 JPEGs, data.load) | 3.0 | 1.4 | 1.7 | 3.6 | 9.7 |
+| build (+ BatchNorm calibration, job 1 only) | 1.7 | 0.6 | 0.9 | 0.7 | 3.9 |
+| features (once: base output + last4 cut) | 6.8 | 0.6 | 0.3 | 0.2 | 7.9 |
+| training, 5 epochs on features (incl. first step) | 2.0 | 1.7 | 5.0 | 4.7 | 13.4 |
+| test from cached features | 0.1 | 0.2 | 0.2 | 0.2 | 0.7 |
+| latency (measured once) | 1.9 | 0.0 | 0.1 | 0.0 | 2.0 |
+| artifacts (plots, Grad-CAM, reference, upload) | 1.2 | 1.0 | 1.0 | 1.0 | 4.2 |
+| job wall | 17.1 | 5.9 | 9.7 | 11.0 | 43.7 |
+| outside the jobs: Hydra + MLflow start, worker spawn + TF/Keras import, worker teardown, report | | | | | 16.4 |
+
+At 50 epochs training is 16.0 + 29.6 - 13.1 (features) + 43.6 + 43.0 = 119 s
+of the 194 s: 0.31 s per epoch on freeze=all features (0.15 s of it the fit
+itself, the rest validation, per-epoch MLflow logging and backup) and 0.86 s
+on last4 features, where training Conv_1 (320 -> 1280 channels on 3x3 maps,
+~31 GFLOP per epoch forward + backward) is real compute: 0.57 s per epoch
+with the features in memory and no callbacks at all. The plain loop spends
+5.2 s per epoch (the whole frozen base forward, every epoch). So 20x at 50
+epochs needs the last4 epochs near 0.25 s: not reachable by cutting
+overhead; the per-epoch logging/backup (~0.15 s) and the per-job data load
+(1.4-3.6 s, owned by the data layer's rewrite) are the next costs to cut.
 """
 
 from __future__ import annotations
