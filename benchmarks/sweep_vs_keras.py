@@ -47,6 +47,12 @@ figure is slower than on a quiet machine; both sides alike), one rep:
 | 5 | 60.1 s | 79.1 s | 170.6 s measured | 2.16x -> **2.84x** |
 | 50 | 193.8 s | 252.5 s | 1107.8 s estimated (170.6 + 45 x 4 x 5.21 s/epoch) | 4.39x -> **5.72x** |
 
+A second run at 5 epochs (01:56-02:02 UTC, load 3.3-4.7, ``--epochs 5 --before
+6e20abd``): sweep 66.0 s, before 95.8 s, plain 147.4 s: 1.54x -> **2.23x**. The
+ratio moves with the load (the plain side is mostly multi-threaded convolution,
+the sweep has more single-threaded Python: startup, MLflow, tracing); the
+sweep's own gain holds: 0.76 and 0.69 of the before sweep's time.
+
 Targets (>= 4x at 5 epochs, >= 20x at 50) not reached. Where the sweep's time
 goes now (5 epochs: job phases in s, from the runs' metrics; job order
 all/1e-3, all/1e-4, last4/1e-3, last4/1e-4):
