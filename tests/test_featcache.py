@@ -77,7 +77,7 @@ def test_second_job_reuses_the_cache(compose, tmp_path, monkeypatch, capsys):
     assert len(calls) == 1  # features computed once
     assert "reused" in tags["feature_cache"]
     assert "feature cache: on: cut at the base's output" in capsys.readouterr().out
-    assert len(_entries(tmp_path)) == 1
+    assert len(_entries(tmp_path)) == 2  # the base's output and its fine-tuning cut (featcut.py)
 
 
 @pytest.mark.parametrize("damage", ["flip_bytes", "truncate", "stale_meta"])
@@ -87,7 +87,9 @@ def test_a_corrupt_or_stale_cache_is_detected_and_rebuilt(compose, tmp_path, dam
     model, base, _ = build_model(cfg, 2)
     decision = featcache.decide(model, base, cfg, splits)
     assert "built in" in featcache.prepare(decision, model, cfg, splits, FEATURES(tmp_path)).note
-    (entry,) = _entries(tmp_path)
+    # The base's output's entry (beside it: its fine-tuning cut's, featcut.py).
+    (entry,) = [e for e in _entries(tmp_path)
+                if json.loads((e / "meta.json").read_text())["material"]["cut"] == "base output"]
     f = entry / "features.npy"
     good = np.load(f)
     raw = bytearray(f.read_bytes())

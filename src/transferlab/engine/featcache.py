@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferlab.engine import featcut
 from transferlab.engine import featstore as store
 
 MODES = ("auto", "on", "off")
@@ -71,6 +72,7 @@ class Prepared:
     validation: object
     note: str  # for the log and the MLflow tag
     seconds: float
+    test: object = None  # the test split as (features, labels), same order and batches
 
 
 def _source(ds):
@@ -236,7 +238,9 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
         decision: from ``decide`` (``use`` must be True).
         model: the full classifier (its preprocess layer and base compute the features).
         cfg: the job config.
-        splits: ``data.Splits``; train and validation are mapped to features.
+        splits: ``data.Splits``; train, validation and test are mapped to
+            features (test too, so the trained head scores it without
+            running the frozen layers again: evaluate.test_scores).
         folder: the cache folder (default ``featstore.cache_dir(cfg)``).
     """
     import keras
@@ -247,7 +251,7 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
     prefix = base if decision.tail is None else keras.Model(base.inputs, decision.tensor,
                                                             name=f"{base.name}_prefix")
     pre = model.get_layer("preprocess")
-    sources = [_source(splits.train), _source(splits.validation)]
+    sources = [_source(splits.train), _source(splits.validation), splits.test]
     keys_fn = _keys_fn()
     keys = _image_keys(sources, keys_fn)
     material = store.material(cfg, model, decision.cut_name, prefix, keys)
@@ -267,10 +271,15 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
             how = f"reused {entry} ({time.perf_counter() - t0:.1f} s)"
         else:
             t1 = time.perf_counter()
-            feats, uniq = _extract(prefix, pre, sources, keys_fn, max(32, cfg.trainer.batch_size))
+            bs = max(32, cfg.trainer.batch_size)
+            single = not cfg.trainer.get("warmup_epochs")  # see featcut.fine_tuning_cut
+            via = None if decision.tail is not None or saved or not single else featcut.extract_output(
+                base, model, cfg, pre, sources, keys_fn, keys, folder, bs, _extract)
+            feats, uniq = via[:2] if via else _extract(prefix, pre, sources, keys_fn, bs)
             built = time.perf_counter() - t1
             how = (f"built in {built:.1f} s" if why == "missing"
                    else f"cache entry {entry.name} was {why}: rebuilt in {built:.1f} s")
+            how += f" {via[2]}" if via else ""
             if not saved:
                 try:
                     store.save(entry, material, feats, uniq, built)
@@ -292,4 +301,5 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
 
     per_image = int(np.prod(feats.shape[1:]))
     note = (f"on: {decision.reason}; {len(uniq)} images x {per_image:,} features, {how}{saved}")
-    return Prepared(mapped(splits.train), mapped(splits.validation), note, time.perf_counter() - t0)
+    return Prepared(mapped(splits.train), mapped(splits.validation), note, time.perf_counter() - t0,
+                    mapped(splits.test))

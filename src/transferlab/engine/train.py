@@ -78,6 +78,10 @@ class FitResult:
     trainable: list[int] = field(default_factory=list)  # trainable params per phase
     best_epoch: int | None = None  # early stopping's restored epoch
     feature_cache: str = ""  # whether each phase trained on cached features, and why (not)
+    # The last phase trained on cached features: its head model (the full model's own
+    # layers after the cut) and the test split as features, for evaluate.test_scores.
+    head: object = None
+    test_features: object = None
 
 
 def _phases(cfg):
@@ -146,6 +150,9 @@ def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path |
     notes = []
     phases = _phases(cfg)
     for phase, lr, start, end, head_only in phases:
+        # Only the last phase's features describe the final model (a later phase may train
+        # layers an earlier phase had frozen before its cut).
+        result.head = result.test_features = None
         if head_only:
             base.trainable = False
         elif phase == 2:
@@ -187,6 +194,7 @@ def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path |
             prep = featcache.prepare(decision, model, cfg, splits, feature_dir)
             train_ds, val_ds, note = prep.train, prep.validation, prep.note
             result.feature_seconds += prep.seconds
+            result.head, result.test_features = train_model, prep.test
         else:
             train_ds, val_ds, note = splits.train, splits.validation, f"off: {decision.reason}"
         notes.append(note if len(phases) == 1 else f"phase {phase}: {note}")

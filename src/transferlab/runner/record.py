@@ -51,7 +51,8 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     from transferlab.engine import latency, train
     from transferlab.engine.evaluate import test_scores
     from transferlab.models import registry
-    from transferlab.models.build import build_model, calibrate_batchnorm, param_counts, speed_switches
+    from transferlab.engine.warmstart import calibrate_once
+    from transferlab.models.build import build_model, param_counts, speed_switches
     from transferlab.runner import artifacts
     from transferlab.runner.callbacks import MlflowEpochLogger
 
@@ -70,8 +71,9 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
         model, base, plan = build_model(cfg, splits.num_classes, uri)
         if cfg.backbone.weights is None:  # random init: give BatchNorm real statistics
             images = next(iter(splits.train.unbatch().batch(64).take(1)))[0]
-            n_bn = calibrate_batchnorm(base, cfg.backbone.name, images)
-            c.set_tag(run_id, "bn_calibrated", f"{n_bn} BatchNorm layers from {len(images)} train images")
+            n_bn, reused = calibrate_once(base, cfg.backbone.name, images)
+            c.set_tag(run_id, "bn_calibrated", f"{n_bn} BatchNorm layers from {len(images)} train images"
+                      + (" (the same statistics as an earlier job of this process: reused)" if reused else ""))
         t_build = time.perf_counter() - t0
         total, trainable = param_counts(model)
         label = freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)
@@ -90,13 +92,17 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
                         backup_dir=backup_dir, feature_dir=feature_dir, class_weight=weights,
                         callbacks=lambda phase: [MlflowEpochLogger(c, run_id, phase, logged_until)])
     c.set_tag(run_id, "feature_cache", fit.feature_cache[:5000])
-    scores = test_scores(model, splits)  # best weights if early-stopped
+    t0 = time.perf_counter()
+    scores = test_scores(model, splits, fit.head, fit.test_features)  # best weights if early-stopped
+    t_test = time.perf_counter() - t0
+    c.set_tag(run_id, "test_scored_on", "cached features (the trained head after the frozen cut)"
+              if fit.head is not None else "images (the full model)")
     metrics = {
         "test_acc": scores.acc, "test_loss": scores.loss,
         "params_total": total, "params_trainable": fit.trainable[-1],
         "train_seconds": fit.seconds, "train_images_per_s": fit.images / max(fit.seconds, 1e-9),
         "build_seconds": t_build, "data_seconds": t_data,
-        "first_step_seconds": fit.first_step_seconds,
+        "first_step_seconds": fit.first_step_seconds, "test_seconds": t_test,
     }
     if fit.feature_seconds:
         metrics["feature_cache_seconds"] = fit.feature_seconds
@@ -105,13 +111,19 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     if fit.best_epoch is not None:
         metrics["best_epoch"] = fit.best_epoch
     if cfg.runtime.latency_repeats:  # deployment cost of the trained classifier, warm, this machine
-        metrics.update(latency.inference_metrics(model, cfg.runtime.latency_repeats,
-                                                 cfg.runtime.latency_batches))
+        t0 = time.perf_counter()
+        measured, how = latency.inference_metrics_once(model, cfg.runtime.latency_repeats,
+                                                       cfg.runtime.latency_batches)
+        metrics.update(measured)
+        metrics["latency_seconds"] = time.perf_counter() - t0
+        c.set_tag(run_id, "latency", how)
+    t0 = time.perf_counter()
     metrics.update(artifacts.log_run_artifacts(cfg, model, splits, scores, c, run_id, plan.description))
     if cfg.dataset.get("folds"):  # k-fold: out-of-fold predictions for the report's paired tests
         from transferlab.runner import splitlog
 
         splitlog.log_val_predictions(model, splits, info, c, run_id)
+    metrics["artifacts_seconds"] = time.perf_counter() - t0
     if cfg.tracking.log_model:
         artifacts.log_model(model, splits, uri, run_id)
     rss = rss_mb()
