@@ -81,7 +81,7 @@ def _test_split(cfg, run, c, tmp: Path, size: int):
     from transferlab import data
 
     path = data.dataset_path(cfg)
-    info = data.scan(path)
+    info = data.scan_job(cfg)
     if run.data.tags.get("data_fingerprint") not in (None, info.fingerprint()):
         print(f"[transferlab] note: the data in {path} changed since run {run.info.run_id} "
               "(data_fingerprint differs); checking on its test split as it is now.")

@@ -7,9 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transferlab.data.folder import SPLITS, DataError, DatasetInfo, Entry, Splits, load, scan
+from transferlab.data.folder import SPLITS, DataError, DatasetInfo, Entry, Splits, scan
+from transferlab.data.pipeline import load
 
-__all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "Splits", "load", "scan", "dataset_path"]
+__all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "Splits", "load", "scan", "dataset_path",
+           "scan_job"]
+
+
+def scan_job(cfg) -> DatasetInfo:
+    """``scan`` of a job's data folder with its settings (pixel limit; progress unless
+    ``runtime.verbose=0``)."""
+    from transferlab.data.folder import _DEFAULT  # configs logged before the key existed
+
+    return scan(dataset_path(cfg), max_pixels=cfg.dataset.get("max_image_pixels", _DEFAULT),
+                progress=bool(cfg.get("runtime", {}).get("verbose", 1)))
 
 
 def dataset_path(cfg) -> Path:

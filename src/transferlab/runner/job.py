@@ -90,7 +90,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         (if one was started) is marked FAILED with the message as a tag.
     """
     validate(cfg)
-    info = data.scan(data.dataset_path(cfg))  # data errors before a run is created
+    info = data.scan_job(cfg)  # data errors before a run is created
     uri = tracking.tracking_uri(cfg)
     if os.environ.get(tracking.ENV_PARENT):
         tracking.wait_reachable(uri)  # the sweep reached it: a restart is waited for
@@ -247,13 +247,14 @@ def final_val_acc(c, run_id: str, best_epoch) -> float:
 
 
 def _log_data_report(c, run_id: str, info) -> None:
-    """What the scan left out or converted: counts as tags, the lists as artifacts."""
+    """What the scan left out or turned upright: counts as tags, the lists as artifacts."""
     c.set_tag(run_id, "skipped_files", str(len(info.skipped)))
-    c.set_tag(run_id, "converted_files", str(len(info.converted)))
+    rotated = info.rotated()
+    c.set_tag(run_id, "exif_rotated", str(len(rotated)))
     if info.skipped:
         c.log_text(run_id, "\n".join(info.skipped) + "\n", "skipped_files.txt")
-    if info.converted:
-        c.log_text(run_id, "\n".join(info.converted) + "\n", "converted_files.txt")
+    if rotated:
+        c.log_text(run_id, "\n".join(rotated) + "\n", "exif_rotated_files.txt")
 
 
 def _preflight(cfg: DictConfig) -> None:

@@ -84,8 +84,8 @@ class SweepCallback(Callback):
             validate(cfg)  # a bad value in any job stops the sweep before TF loads
         # Check folders and generate synthetic data here, once: parallel jobs
         # must not race to write the same files.
-        for path in sorted({str(data.dataset_path(c)) for c in jobs}):
-            data.scan(path)  # missing split, differing class folders, empty class
+        for job in {str(data.dataset_path(c)): c for c in jobs}.values():
+            data.scan_job(job)  # missing split, differing class folders, empty class
         # One config spelt twice (lr=1e-3,0.001) is one job: the twin finds the
         # first one's run and is skipped, so it is counted once.
         self.n_jobs = len({json.dumps(tracking.result_params(c) | {"dataset.path": str(data.dataset_path(c))},
@@ -180,7 +180,7 @@ class SweepCallback(Callback):
 
             cfg = _task_config(config)
             validate(cfg)
-            data.scan(data.dataset_path(cfg))
+            data.scan_job(cfg)
             tracking.ensure_experiment(cfg)
         except Exception as e:
             print(f"[transferlab] error: {e}", file=sys.stderr)
