@@ -99,7 +99,7 @@ def _resized(size: int, on_error: list):
     import tensorflow as tf
 
     def read(path):
-        path = path.decode()
+        path = np.asarray(path).item().decode()  # bytes in tf.data, a 0-d array when eager
         try:
             return read_rgb(path)[0]
         except Exception as e:  # named by build(): TF's wrapper loses the path

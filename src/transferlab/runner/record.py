@@ -60,7 +60,8 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     t0 = time.perf_counter()
     splits = data.load(info, size, cfg.trainer.batch_size, cfg.seed,
                        repeat_train=cfg.trainer.steps_per_epoch is not None,
-                       memory_budget_mb=memory_budget_mb(cfg), progress=bool(cfg.runtime.verbose))
+                       memory_budget_mb=cfg.runtime.get("memory_budget_mb"),  # isolate.dispatch
+                       progress=bool(cfg.runtime.verbose))
     c.set_tag(run_id, "image_store", splits.storage)
     t_data = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -151,16 +152,6 @@ def distribution(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def memory_budget_mb(cfg) -> float:
-    """``runtime.memory_budget_mb``, or a share of RAM divided among the parallel jobs."""
-    from transferlab.data import store
-    from transferlab.runner.isolate import parallel_jobs
-
-    if cfg.runtime.get("memory_budget_mb") is not None:
-        return float(cfg.runtime.memory_budget_mb)
-    return store.default_budget_mb(parallel_jobs())
 
 
 def rss_mb() -> float | None:
