@@ -7,7 +7,9 @@ distinct image once, whatever split or fold it is in). A pipeline is
         .batch(batch_size).map(read positions -> uint8 -> float32)
 
 so shuffling moves 8-byte indices, not images, and the RAM and disk stores
-feed the very same graph (bit-identical batches). TensorFlow is imported
+feed the same graph but for the read (``tf.gather`` on the RAM store's
+variable, ``os.pread`` through ``tf.numpy_function`` on the file): the same
+bytes, bit-identical batches. TensorFlow is imported
 inside ``load`` only.
 """
 
@@ -33,8 +35,11 @@ def _pipeline(images: store.ImageStore, positions: np.ndarray, y: np.ndarray, ba
     pos_t, y_t = tf.constant(positions, tf.int64), tf.constant(y)
 
     def read(i):
-        x = tf.numpy_function(images.read, [tf.gather(pos_t, i)], tf.uint8, stateful=False)
-        x.set_shape((None, s, s, 3))
+        if images.variable is not None:  # in RAM: no Python call per batch
+            x = tf.gather(images.variable, tf.gather(pos_t, i))
+        else:
+            x = tf.numpy_function(images.read, [tf.gather(pos_t, i)], tf.uint8, stateful=False)
+            x.set_shape((None, s, s, 3))
         return tf.cast(x, tf.float32), tf.gather(y_t, i)
 
     ds = tf.data.Dataset.range(n)

@@ -9,7 +9,9 @@ and costs 3 bytes per pixel instead of 12: 0.15 MB per image at 224 px
 
 Where it lives (``runtime.memory_budget_mb``, outside the config hash):
 
-- below the budget, in RAM (a NumPy array);
+- below the budget, in RAM (a non-trainable ``tf.Variable`` filled by
+  ``scatter_update``, so it is never copied whole; batches are ``tf.gather``-ed
+  in the graph, without a Python call);
 - above it, in one file ``<dataset cache>/images_<S>px_<key>.u8`` keyed by the
   images' content digests, S, the decoder version and TensorFlow's version.
   It is written once, atomically, under a file lock, so parallel jobs on one
@@ -50,17 +52,16 @@ def estimate_bytes(n_images: int, size: int) -> int:
 
 
 class ImageStore:
-    """``n`` uint8 images of shape (size, size, 3): a NumPy array or a file.
+    """``n`` uint8 images of shape (size, size, 3): a ``tf.Variable`` or a file.
 
     ``read(positions)`` returns a uint8 array (len(positions), size, size, 3);
     ``where`` is ``"memory"`` or the file's path.
     """
 
-    def __init__(self, n: int, size: int, array: np.ndarray | None = None,
-                 path: Path | None = None):
+    def __init__(self, n: int, size: int, variable=None, path: Path | None = None):
         self.n, self.size = n, size
         self.image_bytes = size * size * 3
-        self.array, self.path = array, path
+        self.variable, self.path = variable, path
         self._fd = os.open(path, os.O_RDONLY) if path is not None else None
 
     @property
@@ -69,8 +70,10 @@ class ImageStore:
 
     def read(self, positions) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
-        if self.array is not None:
-            return self.array[positions]
+        if self.variable is not None:
+            import tensorflow as tf
+
+            return tf.gather(self.variable, positions).numpy()
         out = np.empty((len(positions), self.size, self.size, 3), np.uint8)
         flat = out.reshape(len(positions), -1)
         for i, p in enumerate(positions):  # pread: no memory map, no page cache in our RSS
@@ -166,15 +169,17 @@ def build(sources: list[str], keys: list[str], size: int, budget_bytes: int, cac
     """
     n = len(sources)
     if estimate_bytes(n, size) <= budget_bytes:
-        array = np.empty((n, size, size, 3), np.uint8)
+        import tensorflow as tf
+
+        var = tf.Variable(tf.zeros((n, size, size, 3), tf.uint8), trainable=False)
         filled = [0]
 
-        def to_array(batch):
-            array[filled[0]:filled[0] + len(batch)] = batch
+        def to_variable(batch):  # a slice assign would copy the whole variable
+            var.scatter_update(tf.IndexedSlices(batch, tf.range(filled[0], filled[0] + len(batch))))
             filled[0] += len(batch)
 
-        _fill(sources, size, to_array, progress)
-        return ImageStore(n, size, array=array)
+        _fill(sources, size, to_variable, progress)
+        return ImageStore(n, size, variable=var)
     from filelock import FileLock
 
     cache_dir.mkdir(parents=True, exist_ok=True)
