@@ -126,7 +126,7 @@ def _stat(path: Path) -> list:
     """[size, mtime_ns]; a dangling symlink gets the link's own, so it is listed, not fatal."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:  # ENOENT, or ELOOP for a link to itself
         if not path.is_symlink():
             raise  # vanished since the listing: the scan says so
         st = os.lstat(path)
