@@ -139,7 +139,7 @@ def test_scan_counts_and_lists_skipped_files(small):
     assert info.skipped == ["test/README.md: not in a class folder",
                             "train/circle/.DS_Store: hidden file",
                             "train/circle/notes.txt: not an image"]
-    assert info.converted == []
+    assert info.rotated() == []
     assert [e.rel for e in info.files["test"]] == [
         "test/circle/circle_4.png", "test/cross/cross_4.png", "test/ring/ring_4.png"]
     assert [e.label for e in info.files["test"]] == [0, 1, 2]
@@ -263,7 +263,8 @@ def test_hidden_files_are_skipped_not_loaded(small):
 
 
 def test_same_pixels_as_keras_loader(three):
-    """load() decodes and resizes exactly as keras.utils.image_dataset_from_directory."""
+    """load() decodes and resizes as keras.utils.image_dataset_from_directory, then rounds
+    to whole grey levels (the uint8 store): at most 0.5 from Keras' float pixels."""
     import keras
 
     s = data.load(data.scan(three), image_size=20, batch_size=4, seed=0)
@@ -273,7 +274,9 @@ def test_same_pixels_as_keras_loader(three):
     assert [Path(p).relative_to(three / "test").as_posix() for p in ref.file_paths] == s.test_paths
     x, y = batches(s.test)
     rx, ry = zip(*[(a.numpy(), b.numpy()) for a, b in ref])
-    np.testing.assert_array_equal(x, np.stack(rx))
+    assert not np.array_equal(np.stack(rx), np.round(np.stack(rx)))  # a resize that rounds
+    np.testing.assert_array_equal(x, np.round(np.stack(rx)))
+    assert np.abs(x - np.stack(rx)).max() <= 0.5
     np.testing.assert_array_equal(y, np.stack(ry))
 
 
@@ -299,7 +302,7 @@ def test_second_scan_uses_the_cache(small, monkeypatch):
     assert (small / imagecheck.CACHE_DIRNAME / "scan.json").is_file()
     opened = []
     real = imagecheck.check
-    monkeypatch.setattr(imagecheck, "check", lambda p: opened.append(p) or real(p))
+    monkeypatch.setattr(imagecheck, "check", lambda p, *a: opened.append(p) or real(p, *a))
     again = data.scan(small)
     assert opened == [] and again == first
     # A changed file (new size and mtime) is checked again, and only that one.

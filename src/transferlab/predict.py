@@ -1,8 +1,9 @@
 """``transferlab predict``: classify image files with a trained run's model, an exported
 model (``--model``, see export.py) or an ImageNet head.
 
-Images are loaded the way training loads them (``data._decode``: RGB, bilinear
-resize to the model's input size, float 0-255, no /255): a job's model
+Images are loaded the way training loads them (``data.store.decode_resized``: the
+one Pillow decoder, EXIF orientation applied, RGB, bilinear resize to the model's
+input size rounded to whole grey levels, float 0-255, no /255): a job's model
 preprocesses inside, and the ImageNet path applies the backbone's own
 ``preprocess_input`` before the model. Unreadable files are reported by
 name and skipped; the others are still classified.
@@ -68,26 +69,17 @@ def load_image(path, size: int) -> np.ndarray:
     Raises:
         PredictError: the file is missing or not a readable image (names it).
     """
-    from PIL import Image
-
-    from transferlab.data import imagecheck
-    from transferlab.data.folder import _decode
+    from transferlab.data import imagecheck, store
 
     p = Path(path)
     if not p.is_file():
         raise PredictError(f"cannot read {path}: no such file")
-    verdict = imagecheck.check(p)
+    verdict = imagecheck.check(p)  # one file the user names: no pixel limit
     if verdict.kind == imagecheck.SKIP:
         raise PredictError(f"cannot read {path}: {verdict.detail}")
     try:
-        if verdict.kind == imagecheck.OK:
-            return _decode(str(p), size).numpy()
-        import tensorflow as tf  # TIFF, 1-bit / palette BMP: Pillow to RGB, as data.scan does
-
-        with Image.open(p) as im:
-            rgb = np.asarray(imagecheck.to_rgb(im), dtype=np.float32)
-        return tf.image.resize(rgb, (size, size), method="bilinear").numpy()
-    except Exception as e:  # TF rejects what Pillow accepted
+        return store.decode_resized(p, size).astype(np.float32)
+    except Exception as e:  # changed since the check
         first = str(e).splitlines()[0][:200] if str(e) else ""
         raise PredictError(f"cannot read {path}: {type(e).__name__}: {first}") from None
 

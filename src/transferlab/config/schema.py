@@ -98,6 +98,11 @@ class DatasetConf:
     # warn (a WARNING line, tag and artifact), drop (remove the validation/test copies
     # before training) or error (stop before the run starts).
     duplicates: str = "warn"
+    # Images with more pixels are skipped by the scan ("too large to decode: N pixels
+    # (WxH) > limit"); decoding needs ~3 bytes per pixel. Pillow's own decompression-bomb
+    # threshold (2 x 89,478,485); null = no limit. A result key: it decides which images
+    # are kept (the data fingerprint then differs as well).
+    max_image_pixels: Optional[int] = 178_956_970
 
 
 @dataclass
@@ -192,6 +197,11 @@ class RuntimeConf:
     # 0 repetitions: not measured.
     latency_repeats: int = 3
     latency_batches: int = 5
+    # Decoded images (uint8 at the input size, 0.15 MB per image at 224 px) stay in RAM up
+    # to this many MB, else go to one file in the dataset's cache folder, shared by the
+    # parallel jobs of a host and read per batch (data/store.py): same pixels either way.
+    # null: a quarter of physical RAM divided by the launcher's parallel jobs.
+    memory_budget_mb: Optional[float] = None
 
 
 @dataclass

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from transferlab.data.assign import SplitSpec
-from transferlab.data.folder import SPLITS, DataError, DatasetInfo, Entry, Splits, load, scan
+from transferlab.data.folder import SPLITS, DataError, DatasetInfo, Entry, Splits, scan
+from transferlab.data.pipeline import load
 from transferlab.data.prepared import Prepared, prepare
 
 __all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "SplitSpec", "Splits", "load", "scan",
@@ -19,8 +20,13 @@ __all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "SplitSpec", "Splits",
 
 def scan_job(cfg) -> DatasetInfo:
     """``scan`` of a job's data folder with the job's split (``dataset.split``, ``split_seed``,
-    ``folds``, ``fold``); generates the synthetic set when needed."""
-    return scan(dataset_path(cfg), split=SplitSpec.from_config(cfg.dataset))
+    ``folds``, ``fold``) and settings (pixel limit; progress unless ``runtime.verbose=0``);
+    generates the synthetic set when needed."""
+    from transferlab.data.folder import _DEFAULT  # configs logged before the key existed
+
+    return scan(dataset_path(cfg), split=SplitSpec.from_config(cfg.dataset),
+                max_pixels=cfg.dataset.get("max_image_pixels", _DEFAULT),
+                progress=bool(cfg.get("runtime", {}).get("verbose", 1)))
 
 
 def dataset_path(cfg) -> Path:

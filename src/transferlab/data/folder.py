@@ -11,25 +11,28 @@ or ``<path>/{train,test}/<class>/`` (validation carved from train), or one
 folder of classes ``<path>/<class>/*.jpg`` split by ``dataset.split``
 (layout.py says which; assign.py which image goes where, k-fold included).
 
-``scan`` checks that layout and every file in it without TensorFlow (Pillow,
-see imagecheck.py), so a bad folder fails before training and a corrupt file
-never reaches ``tf.io.decode_image`` mid-epoch:
+``scan`` checks that layout and every file in it without TensorFlow, with
+the decoder training uses (Pillow, data/decode.py; verdicts in imagecheck.py),
+so a bad folder fails before training and a file the scan keeps is one every
+job decodes:
 
-- kept as they are: images TF decodes right (JPEG incl. ``.JPG``, CMYK,
-  grayscale; PNG in any mode and bit depth; GIF; RGB BMP; WebP);
-- kept, converted once: images TF cannot decode or decodes wrongly (TIFF,
-  1-bit and palette BMP), written as RGB PNGs into the cache folder, keyed by
-  path + size + mtime;
+- kept: JPEG (incl. ``.JPG``, CMYK, grayscale), PNG in any mode and bit
+  depth, GIF, BMP, WebP, TIFF; EXIF orientation is recorded per image and
+  applied when decoding (``DatasetInfo.rotated()``);
 - skipped, with the reason: hidden files (``.DS_Store``, ``._x.jpg``),
-  non-images (``Thumbs.db``, ``notes.txt``), truncated or corrupt images.
+  non-images (``Thumbs.db``, ``notes.txt``), truncated or corrupt images,
+  dangling symlinks, images above ``dataset.max_image_pixels``.
+
+Symlinks are followed: a symlinked class folder, sub-folder or file counts as
+if it were there (a sub-folder reached twice, e.g. a link to a parent, once).
 
 Verdicts are cached too (``<cache>/scan.json``), so scanning again (every job
 of a sweep does) only stats the files. The cache folder is
 ``$TRANSFERLAB_CACHE/<hash of the dataset path>`` if set, else
 ``<dataset>/.transferlab_cache``, else (read-only dataset)
 ``~/.cache/transferlab/<hash>``. ``load`` builds the pipelines with the ops of
-Keras' ``image_dataset_from_directory`` from that file list. TensorFlow is
-imported inside ``load`` only.
+Keras' ``image_dataset_from_directory`` from that file list (data/pipeline.py,
+data/store.py). TensorFlow is imported inside ``load`` only.
 """
 
 from __future__ import annotations
@@ -50,13 +53,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Entry:
     """One kept image: ``rel`` relative to the dataset root (``train/cats/x.jpg``,
-    ``cats/x.jpg`` in a folder of classes),
-    ``source`` the file TF decodes (the image itself or its converted PNG)."""
+    ``cats/x.jpg`` in a folder of classes), ``source`` the file decoded (absolute
+    path through the dataset folder), ``orientation`` its EXIF orientation tag
+    (1 = upright; 2-8: turned when decoded)."""
 
     rel: str
     source: str
     label: int
     digest: str = ""  # sha1 of the file's bytes
+    orientation: int = 1
     phash: str = ""  # perceptual hash, 16 hex digits (imagecheck.perceptual_hash)
     width: int = 0  # stored pixel size
     height: int = 0
@@ -74,8 +79,6 @@ class DatasetInfo:
         files: ``files[split]``: the kept images, sorted by path.
         skipped: ``"<rel path>: <reason>"`` of every file not used, e.g.
             ``"train/cats/bad.jpg: truncated"``.
-        converted: ``"<rel path>: <format> <mode>"`` of the kept images that
-            TF reads from a converted RGB PNG.
         layout: ``"split"``, ``"train_test"`` or ``"flat"`` (layout.py).
         folds: With ``dataset.folds``: every train + validation image's fold,
             by ``rel``; else empty.
@@ -86,9 +89,12 @@ class DatasetInfo:
     counts: dict[str, dict[str, int]]
     files: dict[str, list[Entry]]
     skipped: list[str]
-    converted: list[str]
     layout: str = layout.SPLIT
     folds: dict[str, int] = field(default_factory=dict)
+
+    def rotated(self) -> list[str]:
+        """Paths (relative to the dataset) of the kept images an EXIF tag turns upright."""
+        return [e.rel for s in SPLITS for e in self.files[s] if e.orientation != 1]
 
     def fingerprint(self) -> str:
         """sha256 over every kept image's split, path, label and content digest.
@@ -122,7 +128,9 @@ class Splits:
         class_names: Label index -> class name.
         num_classes: ``len(class_names)``; 2 means binary labels of shape (1,).
         counts: Number of images per split.
-        skipped, converted: As in ``DatasetInfo``.
+        skipped: As in ``DatasetInfo``.
+        storage: Where the decoded images live: ``"memory"`` or the path of
+            the on-disk store (data/store.py), with its size.
     """
 
     train: Any
@@ -133,7 +141,7 @@ class Splits:
     num_classes: int
     counts: dict[str, int]
     skipped: list[str]
-    converted: list[str]
+    storage: str = "memory"
 
 
 def _visible(names) -> list[str]:
@@ -141,27 +149,51 @@ def _visible(names) -> list[str]:
 
 
 def _class_files(folder: Path, root: Path) -> list[str]:
-    """Every file below ``folder`` (hidden folders pruned), relative to ``root``, sorted."""
+    """Every file below ``folder`` (hidden folders pruned), relative to ``root``, sorted.
+
+    Symlinked sub-folders are followed; each real folder (st_dev, st_ino) is
+    walked once, so a link to an ancestor or a sibling loops no more. A
+    dangling link is listed like a file (the scan skips it with its target).
+    """
     out = []
-    for here, dirs, files in os.walk(folder):
-        dirs[:] = _visible(dirs)
+    seen = {_identity(folder)}
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        keep = []
+        for d in _visible(dirs):
+            key = _identity(Path(here) / d)
+            if key not in seen:
+                seen.add(key)
+                keep.append(d)
+        dirs[:] = keep
         out += [(Path(here) / f).relative_to(root).as_posix() for f in files]
     return sorted(out)
 
 
-def scan(path, cache_dir=None, split: assign.SplitSpec | None = None) -> DatasetInfo:
+def _identity(folder: Path) -> tuple[int, int]:
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
+
+
+_DEFAULT = object()
+
+
+def scan(path, cache_dir=None, split: assign.SplitSpec | None = None, *, max_pixels=_DEFAULT,
+         progress: bool = False) -> DatasetInfo:
     """Checks the folder layout and every file in it, without TensorFlow.
 
     Args:
         path: The dataset folder (str or Path).
-        cache_dir: Where converted images and scan verdicts go; default
-            ``imagecheck.default_cache_dir(path)``.
+        cache_dir: Where scan verdicts (and data/store.py's image stores) go;
+            default ``imagecheck.default_cache_dir(path)``.
         split: ``dataset.split``/``split_seed``/``folds``/``fold``
             (``assign.SplitSpec.from_config``); default: the folder's own
             split, ``DEFAULT_SPLIT`` where it has none, no folds.
+        max_pixels: Images with more pixels are skipped as too large; default
+            ``dataset.max_image_pixels``'s, None: no limit.
+        progress: A progress bar (count, rate, ETA) when checking takes > 2 s.
 
     Returns:
-        The classes (sorted), kept images per split, skipped and converted files.
+        The classes (sorted), kept images per split, skipped files.
 
     Raises:
         DataError: The folder is missing or in none of the accepted layouts
@@ -175,28 +207,29 @@ def scan(path, cache_dir=None, split: assign.SplitSpec | None = None) -> Dataset
     class_names, stray = lay.class_names, lay.stray
     per_class = {(g, c): _class_files(path / g / c, path) for g in lay.groups for c in class_names}
     cache = Path(cache_dir) if cache_dir else imagecheck.default_cache_dir(path)
+    if max_pixels is _DEFAULT:
+        from transferlab.config.schema import DatasetConf
+
+        max_pixels = DatasetConf.max_image_pixels
     try:
         every = [rel for rels in per_class.values() for rel in rels]
-        found = imagecheck.check_files(path, every, cache)
+        found = imagecheck.check_files(path, every, cache, max_pixels, progress)
     except OSError as e:  # a file vanished meanwhile, or the cache is not writable
         raise DataError(f"Scanning {path} failed: {e}. Rerun once the folder is stable; if "
                         f"{cache} cannot be written, set TRANSFERLAB_CACHE=<writable "
                         "folder>.") from e
     skipped = [f"{rel}: not in a class folder" for rel in stray]
-    converted: list[str] = []
     kept_by: dict[tuple[str, str], list[Entry]] = {}
     for (group, name), rels in per_class.items():
         kept = []
         for rel in rels:
-            kind, detail, source, digest, extra = found[rel]
-            if kind == imagecheck.SKIP:
-                skipped.append(f"{rel}: {detail}")
+            v = found[rel]
+            if v.kind == imagecheck.SKIP:
+                skipped.append(f"{rel}: {v.detail}")
                 continue
-            if kind == imagecheck.CONVERT:
-                converted.append(f"{rel}: {detail}")
-            kept.append(Entry(rel, source, class_names.index(name), digest,
-                              phash=extra.get("phash", ""), width=extra.get("width", 0),
-                              height=extra.get("height", 0)))
+            kept.append(Entry(rel, str(path / rel), class_names.index(name), v.digest,
+                              orientation=v.orientation, phash=v.phash, width=v.width,
+                              height=v.height))
         if not kept:
             where = f"{group}/{name}/" if group else f"{name}/"
             bad = [s for s in skipped if s.startswith(where)]
@@ -212,85 +245,5 @@ def scan(path, cache_dir=None, split: assign.SplitSpec | None = None) -> Dataset
     if skipped:
         log.warning("%s: %d file(s) skipped: %s%s", path, len(skipped), "; ".join(skipped[:10]),
                     " ..." if len(skipped) > 10 else "")
-    if converted:
-        log.info("%s: %d image(s) converted to RGB PNG for TensorFlow, in %s",
-                 path, len(converted), cache / "converted")
     return DatasetInfo(path=path, class_names=class_names, counts=counts, files=files,
-                       skipped=skipped, converted=converted, layout=lay.kind, folds=folds)
-
-
-def _decode(path, image_size: int):
-    """What Keras' image_dataset_from_directory does per file (color_mode="rgb", bilinear)."""
-    import tensorflow as tf
-
-    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    img = tf.image.resize(img, (image_size, image_size), method="bilinear")  # float32, 0..255
-    img.set_shape((image_size, image_size, 3))
-    return img
-
-
-def _fill_cache(ds, images: list[Entry], info: DatasetInfo) -> None:
-    """Decodes a cached split once, now: a file TF cannot read fails here, by name."""
-    import tensorflow as tf
-
-    try:
-        for _ in ds.batch(256):
-            pass
-    except tf.errors.OpError:
-        for im in images:  # error path only: find the culprit
-            try:
-                _decode(im.source, 8)
-            except tf.errors.OpError as e:
-                raise DataError(
-                    f"TensorFlow cannot read {info.path / im.rel} ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:200]}); it changed or vanished since the scan, "
-                    "or TF rejects what Pillow accepted. Delete or re-save it.") from e
-        raise
-
-
-def load(info: DatasetInfo, image_size: int, batch_size: int, seed: int,
-         repeat_train: bool = False) -> Splits:
-    """Builds the train/validation/test pipelines from ``scan``'s kept images.
-
-    Images are float32 in 0..255 of shape ``(image_size, image_size, 3)``: no
-    scaling here, since each backbone's ``preprocess_input`` runs inside the
-    model. Labels are float32 0/1 of shape (1,) for 2 classes (binary
-    cross-entropy), else one-hot of shape (num_classes,) (categorical). Every
-    split is decoded once here and served from memory afterwards.
-
-    Args:
-        info: The result of ``scan``.
-        image_size: Side length images are resized to (bilinear).
-        batch_size: Batch size of all three pipelines.
-        seed: Seeds the train shuffle: each epoch gets a new order, and the
-            sequence of orders is the same in every run with this seed.
-        repeat_train: Repeat train forever (then pass ``steps_per_epoch``).
-
-    Raises:
-        DataError: A kept file cannot be read by TensorFlow (names it).
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    k = len(info.class_names)
-    pipelines, counts = {}, {}
-    for split in SPLITS:
-        images = info.files[split]
-        labels = np.array([im.label for im in images])
-        y = labels[:, None].astype(np.float32) if k == 2 else np.eye(k, dtype=np.float32)[labels]
-        ds = tf.data.Dataset.from_tensor_slices(([im.source for im in images], y))
-        ds = ds.map(lambda p, t: (_decode(p, image_size), t),
-                    num_parallel_calls=tf.data.AUTOTUNE).cache()  # map keeps the order
-        _fill_cache(ds, images, info)
-        counts[split] = len(images)
-        if split == "train":
-            # A buffer as large as the split is a full shuffle; a fresh order
-            # each epoch, yet the sequence of orders is fixed by the seed.
-            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-            if repeat_train:
-                ds = ds.repeat()
-        pipelines[split] = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    test_paths = [info.split_path(im) for im in info.files["test"]]
-    return Splits(**pipelines, test_paths=test_paths, class_names=list(info.class_names),
-                  num_classes=k, counts=counts, skipped=list(info.skipped),
-                  converted=list(info.converted))
+                       skipped=skipped, layout=lay.kind, folds=folds)

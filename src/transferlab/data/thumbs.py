@@ -16,16 +16,16 @@ MAX_COARSE_DIFF = 4.0  # mean absolute difference of their 4x4 block means, in 0
 
 
 def thumbnail(path: str) -> np.ndarray | None:
-    """16x16 RGB float thumbnail of an image file (box filter); None if it cannot be read."""
+    """16x16 RGB float thumbnail of an image file as the decoder sees it (upright, JPEG at a
+    reduced DCT scale, box filter); None if it cannot be read."""
     from PIL import Image
 
-    from transferlab.data.imagecheck import to_rgb
+    from transferlab.data.decode import read_rgb
 
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (64, 64))  # JPEG: decode at a reduced DCT scale
-            return np.asarray(to_rgb(im).resize((16, 16), Image.Resampling.BOX), dtype=np.float64)
-    except (OSError, ValueError):
+        rgb, _ = read_rgb(path, None, draft=True)
+        return np.asarray(Image.fromarray(rgb).resize((16, 16), Image.Resampling.BOX), dtype=np.float64)
+    except (OSError, ValueError, SyntaxError):
         return None  # changed since the scan: not confirmed
 
 

@@ -84,6 +84,8 @@ def _source(ds):
     """
     import tensorflow as tf
 
+    if getattr(ds, "file_order", None) is not None:  # data.load's train: shuffles indices
+        return ds.file_order
     d = ds
     while d is not None:
         if type(d).__name__ in ("_ShuffleDataset", "ShuffleDataset"):

@@ -19,6 +19,7 @@ cores. The MLflow tag ``threads`` says what a job got and why.
 from __future__ import annotations
 
 import atexit
+import copy
 import multiprocessing
 import os
 import sys
@@ -129,6 +130,11 @@ def dispatch(cfg: DictConfig, overrides: list[str] | None, shared_process: bool)
     """
     mode = cfg.runtime.isolate
     share = thread_share(cfg)
+    if cfg.runtime.get("memory_budget_mb") is None:  # parallel jobs share the RAM, as the cores
+        from transferlab.data import store
+
+        cfg = copy.deepcopy(cfg)
+        cfg.runtime.memory_budget_mb = store.default_budget_mb(parallel_jobs())
     if mode == "off" or (mode == "auto" and not shared_process):
         apply_threads(share)
         from transferlab.runner.job import run

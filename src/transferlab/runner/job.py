@@ -252,13 +252,14 @@ def final_val_acc(c, run_id: str, best_epoch) -> float:
 
 
 def _log_data_report(c, run_id: str, info) -> None:
-    """What the scan left out or converted: counts as tags, the lists as artifacts."""
+    """What the scan left out or turned upright: counts as tags, the lists as artifacts."""
     c.set_tag(run_id, "skipped_files", str(len(info.skipped)))
-    c.set_tag(run_id, "converted_files", str(len(info.converted)))
+    rotated = info.rotated()
+    c.set_tag(run_id, "exif_rotated", str(len(rotated)))
     if info.skipped:
         c.log_text(run_id, "\n".join(info.skipped) + "\n", "skipped_files.txt")
-    if info.converted:
-        c.log_text(run_id, "\n".join(info.converted) + "\n", "converted_files.txt")
+    if rotated:
+        c.log_text(run_id, "\n".join(rotated) + "\n", "exif_rotated_files.txt")
 
 
 def _preflight(cfg: DictConfig) -> None:

@@ -60,7 +60,10 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     splits = data.load(info, size, cfg.trainer.batch_size, cfg.seed,
-                       repeat_train=cfg.trainer.steps_per_epoch is not None)
+                       repeat_train=cfg.trainer.steps_per_epoch is not None,
+                       memory_budget_mb=cfg.runtime.get("memory_budget_mb"),  # isolate.dispatch
+                       progress=bool(cfg.runtime.verbose))
+    c.set_tag(run_id, "image_store", splits.storage)
     t_data = time.perf_counter() - t0
     t0 = time.perf_counter()
     strategy = distribution(cfg.runtime.strategy)

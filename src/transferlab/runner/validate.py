@@ -95,6 +95,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.epochs must be >= 1, got {cfg.trainer.epochs}.")
     if cfg.runtime.jobs_per_process < 1:
         raise ConfigError(f"runtime.jobs_per_process must be >= 1, got {cfg.runtime.jobs_per_process}.")
+    if (cfg.runtime.memory_budget_mb or 0) < 0:
+        raise ConfigError(f"runtime.memory_budget_mb must be >= 0 (0: decoded images always on disk) "
+                          f"or null (a share of RAM), got {cfg.runtime.memory_budget_mb}.")
+    if cfg.dataset.max_image_pixels is not None and cfg.dataset.max_image_pixels < 1:
+        raise ConfigError(f"dataset.max_image_pixels must be >= 1 or null (no limit), "
+                          f"got {cfg.dataset.max_image_pixels}. Fix: e.g. dataset.max_image_pixels=200000000.")
     if cfg.runtime.latency_repeats < 0 or cfg.runtime.latency_batches < 1:
         raise ConfigError(
             f"runtime.latency_repeats must be >= 0 (0: no latency measured) and runtime.latency_batches "
