@@ -76,9 +76,16 @@ def test_disk_store_is_written_once_and_shared(folder, tmp_path):
 def test_store_follows_the_budget_estimate(folder, tmp_path):
     info = data.scan(folder)
     need_mb = store.estimate_bytes(26, 24) / 2**20
-    assert data.load(info, 24, 4, seed=0, memory_budget_mb=need_mb,
-                     cache_dir=tmp_path).storage.startswith("memory")
-    assert not list(tmp_path.glob("images_*"))
+    ram = data.load(info, 24, 4, seed=0, memory_budget_mb=need_mb, cache_dir=tmp_path)
+    assert ram.storage.startswith("memory")
+    x1 = np.concatenate([x.numpy() for x, _ in ram.test])
+    # decoded once into the shared file: the next job copies it into RAM, decoding nothing
+    assert len(list(tmp_path.glob("images_*.u8"))) == 1
+    for p in folder.rglob("*.*g"):
+        p.unlink()
+    again = data.load(info, 24, 4, seed=0, memory_budget_mb=need_mb, cache_dir=tmp_path)
+    assert again.storage.startswith("memory")
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in again.test]), x1)
     assert data.load(info, 24, 4, seed=0, memory_budget_mb=need_mb * 0.99,
                      cache_dir=tmp_path).storage.startswith(str(tmp_path))
     assert store.default_budget_mb(4) * 4 <= store.default_budget_mb(1) + 4
@@ -111,3 +118,14 @@ def test_file_changed_after_scan_is_named(folder, tmp_path):
     with pytest.raises(data.DataError, match=r"validation/b/2\.jpg"):
         data.load(info, 24, 4, seed=0, memory_budget_mb=0, cache_dir=tmp_path)
     assert not list(tmp_path.glob("images_*.u8")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_unwritable_cache_decodes_straight_into_ram(folder, tmp_path):
+    info = data.scan(folder)
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("")  # mkdir below it fails (root ignores permission bits)
+    ram = data.load(info, 24, 4, seed=0, memory_budget_mb=1, cache_dir=blocked / "cache")
+    ref = data.load(info, 24, 4, seed=0, memory_budget_mb=1, cache_dir=tmp_path / "ok")
+    assert ram.storage.startswith("memory")
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in ram.test]),
+                                  np.concatenate([x.numpy() for x, _ in ref.test]))

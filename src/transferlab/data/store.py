@@ -9,15 +9,17 @@ and costs 3 bytes per pixel instead of 12: 0.15 MB per image at 224 px
 
 Where it lives (``runtime.memory_budget_mb``, outside the config hash):
 
-- below the budget, in RAM (a non-trainable ``tf.Variable`` filled by
-  ``scatter_update``, so it is never copied whole; batches are ``tf.gather``-ed
-  in the graph, without a Python call);
-- above it, in one file ``<dataset cache>/images_<S>px_<key>.u8`` keyed by the
-  images' content digests, S, the decoder version and TensorFlow's version.
-  It is written once, atomically, under a file lock, so parallel jobs on one
-  host (joblib workers, the folds of a k-fold sweep) share one copy and the
-  second job finds it filled. Batches are read with ``os.pread`` (plain reads,
-  no memory map), so the page cache is not counted in a job's RSS: its peak
+- decoded once into one file ``<dataset cache>/images_<S>px_<key>.u8`` keyed
+  by the images' content digests, S, the decoder version and TensorFlow's
+  version, written atomically under a file lock: every job of a sweep (in a
+  row, in parallel, the folds of a k-fold sweep) and every later sweep on the
+  same images reads it instead of decoding again;
+- below the budget, a job copies it into RAM (a non-trainable ``tf.Variable``
+  filled by ``scatter_update``, so it is never copied whole; batches are
+  ``tf.gather``-ed in the graph, without a Python call); a read-only cache
+  folder: decoded straight into RAM;
+- above it, batches are read from the file with ``os.pread`` (plain reads, no
+  memory map), so the page cache is not counted in a job's RSS: its peak
   stays flat however large the data set. Delete ``images_*.u8`` to free disk.
 
 Both serve the same bytes to the same pipeline (data/pipeline.py), so the
@@ -168,20 +170,40 @@ def build(sources: list[str], keys: list[str], size: int, budget_bytes: int, cac
         OSError: The on-disk store cannot be written (disk full, read-only folder).
     """
     n = len(sources)
-    if estimate_bytes(n, size) <= budget_bytes:
-        import tensorflow as tf
+    try:
+        path = _shared_file(sources, keys, size, cache_dir, progress)
+    except OSError:
+        if estimate_bytes(n, size) > budget_bytes:
+            raise  # nowhere to put it: the caller names the folder
+        path = None  # a read-only cache folder: decode straight into RAM
+    if estimate_bytes(n, size) > budget_bytes:
+        return ImageStore(n, size, path=path)
+    import tensorflow as tf
 
-        var = tf.Variable(tf.zeros((n, size, size, 3), tf.uint8), trainable=False)
-        filled = [0]
+    var = tf.Variable(tf.zeros((n, size, size, 3), tf.uint8), trainable=False)
+    filled = [0]
 
-        def to_variable(batch):  # a slice assign would copy the whole variable
-            var.scatter_update(tf.IndexedSlices(batch, tf.range(filled[0], filled[0] + len(batch))))
-            filled[0] += len(batch)
+    def to_variable(batch):  # a slice assign would copy the whole variable
+        var.scatter_update(tf.IndexedSlices(batch, tf.range(filled[0], filled[0] + len(batch))))
+        filled[0] += len(batch)
 
+    if path is None:
         _fill(sources, size, to_variable, progress)
-        return ImageStore(n, size, variable=var)
+    else:  # the bytes an earlier job (or this one, just now) decoded: same numbers, no decoding
+        disk = ImageStore(n, size, path=path)
+        for start in range(0, n, 256):
+            to_variable(disk.read(np.arange(start, min(n, start + 256))))
+    return ImageStore(n, size, variable=var)
+
+
+def _shared_file(sources: list[str], keys: list[str], size: int, cache_dir: Path,
+                 progress: bool) -> Path:
+    """``<cache_dir>/images_<size>px_<key>.u8``, decoded once and shared: every job of a sweep,
+    parallel or not, and every later sweep on the same images and size reads it instead of
+    decoding again (a RAM store is filled from it)."""
     from filelock import FileLock
 
+    n = len(sources)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"images_{size}px_{store_key(keys, size)}.u8"
     with FileLock(str(path) + ".lock"):  # parallel jobs: one fills, the others wait and share
@@ -193,4 +215,4 @@ def build(sources: list[str], keys: list[str], size: int, budget_bytes: int, cac
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
-    return ImageStore(n, size, path=path)
+    return path
