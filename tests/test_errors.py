@@ -92,8 +92,10 @@ CASES = {
                                 ["image_size=64", "inceptionv3", "(75 px)", "image_size=75"]),
     "missing_data_folder": Case(["dataset=folder", "dataset.path=/no/such/dir"],
                                 ["'/no/such/dir' does not exist", "train/"]),
+    # train/ alone: neither split as given nor a folder of classes (train/ + test/ would be)
     "missing_split": Case(["dataset=folder", "dataset.path={data}/no_validation"],
-                          ["Missing split folder", "no_validation/validation"]),
+                          ["no_validation: found folder train", "but no test/",
+                           "Accepted layouts"]),
     "classes_differ": Case(["dataset=folder", "dataset.path={data}/classes_differ"],
                            ["split 'test'", "classes_differ/test", "missing ['dogs']",
                             "extra ['dgos']"]),
