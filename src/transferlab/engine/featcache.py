@@ -36,6 +36,7 @@ share one computation.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -193,9 +194,12 @@ def _image_keys(sources, keys) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def _extract(prefix, pre, sources, keys_fn, batch_size: int):
-    """Features and keys of every image in ``sources`` (first occurrence of each content)."""
+def _extract(prefix, pre, sources, keys_fn, batch_size: int, *, total: int | None = None,
+             progress: bool = False):
+    """Features and keys of every image in ``sources`` (first occurrence of each content);
+    a tqdm bar (count, rate, ETA over ``total`` images) when ``progress`` and it takes > 2 s."""
     import tensorflow as tf
+    from tqdm.auto import tqdm
 
     spec = sources[0].element_spec[0]
     shape = spec.shape[1:] if spec.shape.rank == 4 else spec.shape
@@ -205,11 +209,14 @@ def _extract(prefix, pre, sources, keys_fn, batch_size: int):
         return prefix(pre(x), training=False)
 
     feats, keys = [], []
-    for src in sources:
-        unb = src.unbatch() if src.element_spec[0].shape.rank == 4 else src
-        for batch in unb.batch(batch_size):
-            keys.append(keys_fn(batch[0]).numpy())
-            feats.append(np.asarray(forward(batch[0]), dtype=np.float32))
+    with tqdm(total=total, desc="frozen features", unit="img", delay=2.0, leave=False,
+              disable=not progress or None) as bar:
+        for src in sources:
+            unb = src.unbatch() if src.element_spec[0].shape.rank == 4 else src
+            for batch in unb.batch(batch_size):
+                keys.append(keys_fn(batch[0]).numpy())
+                feats.append(np.asarray(forward(batch[0]), dtype=np.float32))
+                bar.update(len(keys[-1]))
     keys, feats = np.concatenate(keys), np.concatenate(feats)
     uniq, first = np.unique(keys, return_index=True)
     return np.ascontiguousarray(feats[first]), uniq
@@ -275,9 +282,11 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
             t1 = time.perf_counter()
             bs = max(32, cfg.trainer.batch_size)
             single = not cfg.trainer.get("warmup_epochs")  # see featcut.fine_tuning_cut
+            extract = functools.partial(_extract, total=sum(splits.counts.values()),
+                                        progress=bool(cfg.runtime.get("verbose", 1)))
             via = None if decision.tail is not None or saved or not single else featcut.extract_output(
-                base, model, cfg, pre, sources, keys_fn, keys, folder, bs, _extract)
-            feats, uniq = via[:2] if via else _extract(prefix, pre, sources, keys_fn, bs)
+                base, model, cfg, pre, sources, keys_fn, keys, folder, bs, extract)
+            feats, uniq = via[:2] if via else extract(prefix, pre, sources, keys_fn, bs)
             built = time.perf_counter() - t1
             how = (f"built in {built:.1f} s" if why == "missing"
                    else f"cache entry {entry.name} was {why}: rebuilt in {built:.1f} s")
