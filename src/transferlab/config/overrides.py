@@ -41,12 +41,18 @@ def check_override_keys(args: list[str]) -> None:
     Raises:
         ConfigError: naming the key and the closest valid ones.
     """
-    args = hydra_overrides(args)
+    argv = list(args)
+    args = hydra_overrides(argv)
     if args is None:
         return  # -sc/--shell-completion: Hydra reads install=/uninstall=/query= itself
     keys = schema_keys() | {"experiment"}
+    # Options may come from the user's own config folders: then Hydra alone knows them.
+    own_configs = any(a.startswith(("-cd", "--config-dir", "-cp", "--config-path")) for a in argv) or any(
+        "hydra.searchpath" in a for a in args)
     for arg in args:
         m = re.match(r"([A-Za-z_][\w.]*)=", arg)  # not +key, ~key, hydra/launcher=, -m
+        if m and not own_configs and m.group(1) in group_options():
+            _check_group_option(arg, m.group(1))
         if not m or m.group(1).split(".")[0] == "hydra" or m.group(1) in keys:
             continue
         key = m.group(1)
@@ -63,3 +69,34 @@ def check_override_keys(args: list[str]) -> None:
             + (f" Keys of {group}: {', '.join(siblings)}." if siblings else "")
             + " (python run.py --cfg job prints the whole config.)"
         )
+
+
+def group_options() -> dict[str, list[str]]:
+    """Config group -> its option names (the YAML files of ``transferlab.conf``)."""
+    from importlib.resources import files
+
+    root = files("transferlab.conf")
+    return {g.name: sorted(f.name[:-5] for f in g.iterdir() if f.name.endswith(".yaml"))
+            for g in root.iterdir() if g.is_dir() and g.name not in ("hydra", "__pycache__")}
+
+
+def _check_group_option(arg: str, group: str) -> None:
+    """``backbone=resnet5O``: names the closest options instead of Hydra's "Could not find"
+    and its search path. Values Hydra's grammar expands itself (``glob(...)``) pass."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        o = OverridesParser.create().parse_overrides([arg])[0]
+        values = (list(o.sweep_string_iterator()) if o.is_sweep_override()
+                  else [o.get_value_element_as_str()])
+    except Exception:  # glob(), interpolations, a syntax error: Hydra says what it says
+        return
+    options = group_options()[group]
+    for v in values:
+        if v not in options:
+            close = difflib.get_close_matches(v, options, n=3, cutoff=0.5)
+            raise ConfigError(
+                f"{group}={v}: no such option."
+                + (f" Did you mean {' or '.join(close)}?" if close else "")
+                + f" Options of {group}: {', '.join(options)}."
+                + (" (freeze=last_n freeze.n=N for the last N layers.)" if group == "freeze" else ""))
