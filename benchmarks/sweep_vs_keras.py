@@ -53,6 +53,15 @@ ratio moves with the load (the plain side is mostly multi-threaded convolution,
 the sweep has more single-threaded Python: startup, MLflow, tracing); the
 sweep's own gain holds: 0.76 and 0.69 of the before sweep's time.
 
+On a quiet machine (03:18-03:23 UTC, load 1.0-2.0; main 40b02f4, after the image
+store became one decode per sweep), ``--epochs 5 50 --estimate-plain-above 5``: sweep
+62.6 s vs plain 115.7 s measured = **1.85x** at 5 epochs; 126.4 s vs 713.9 s estimated
+(3.32 s/epoch) = **5.65x** at 50. The plain side gains more from a quiet machine than
+the sweep. Per job, data.load is now 2.8 s for the first job and 0.1-0.3 s for the
+others (they read the shared store); the four jobs' walls sum to 33.8 s, so ~29 s of
+the 62.6 s are outside the jobs (Hydra + MLflow start, worker spawn + TF import,
+teardown, report): the next cost to cut.
+
 Targets (>= 4x at 5 epochs, >= 20x at 50) not reached. Where the sweep's time
 goes now (5 epochs: job phases in s, from the runs' metrics; job order
 all/1e-3, all/1e-4, last4/1e-3, last4/1e-4):
