@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from _plain import load, table  # noqa: E402,F401 (re-exported)
 from transferlab.config import register  # noqa: E402
 
 register()
@@ -38,22 +39,6 @@ def machine() -> str:
 
     gpus = tf.config.list_physical_devices("GPU")
     return f"{cpu_name()}, {len(gpus)} GPU(s), TF {tf.__version__}, {load()}"
-
-
-def load() -> str:
-    try:
-        a, b, c = os.getloadavg()
-        return f"load average {a:.1f}/{b:.1f}/{c:.1f}"
-    except OSError:
-        return "load average n/a"
-
-
-def table(headers, rows) -> str:
-    """A Markdown table."""
-    cells = [[str(c) for c in r] for r in rows]
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(r) + " |" for r in cells]
-    return "\n".join(out)
 
 
 class Timer:

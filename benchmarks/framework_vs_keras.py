@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from _common import compose, load, machine, table
+from _plain import user_classifier
 
 SIZE, PER_CLASS, BS, LR = 96, 150, 32, 1e-4
 
@@ -39,18 +40,7 @@ def plain(folder: Path, freeze: str, epochs: int) -> float:
     import tensorflow as tf
 
     train, val = train.cache().prefetch(tf.data.AUTOTUNE), val.cache().prefetch(tf.data.AUTOTUNE)
-    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
-    if freeze == "all":
-        base.trainable = False
-    else:  # the lecture's loop
-        for layer in base.layers[:-4]:
-            layer.trainable = False
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.applications.mobilenet_v2.preprocess_input(inputs)
-    x = base(x, training=False)
-    x = keras.layers.Flatten()(x)
-    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
-    model.compile(optimizer=keras.optimizers.RMSprop(LR), loss="binary_crossentropy", metrics=["accuracy"])
+    model = user_classifier(SIZE, freeze, LR)
     ends = []
 
     class T(keras.callbacks.Callback):

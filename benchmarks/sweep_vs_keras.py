@@ -104,16 +104,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _plain import load, table, user_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, BS, W, H = 96, 32, 500, 375
 SPLIT_COUNTS = {"train": 700, "validation": 150, "test": 150}  # per class: 2,000 images in all
 FREEZES, LRS = ("all", "last4"), ("1e-3", "1e-4")
-
-
-def load() -> str:
-    a, b, c = os.getloadavg()
-    return f"load {a:.1f}/{b:.1f}/{c:.1f}"
 
 
 def write_jpegs(folder: Path, seed: int = 0) -> int:
@@ -188,19 +184,7 @@ def plain_worker(folder: str, root: str, epochs: int) -> None:
             val = keras.utils.image_dataset_from_directory(f"{folder}/validation", shuffle=False, **kw)
             test = keras.utils.image_dataset_from_directory(f"{folder}/test", shuffle=False, **kw)
             train, val, test = (d.cache().prefetch(tf.data.AUTOTUNE) for d in (train, val, test))
-            base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
-            if freeze == "all":
-                base.trainable = False
-            else:  # the lecture's loop
-                for layer in base.layers[:-4]:
-                    layer.trainable = False
-            inputs = keras.Input((SIZE, SIZE, 3))
-            x = keras.applications.mobilenet_v2.preprocess_input(inputs)
-            x = base(x, training=False)
-            x = keras.layers.Flatten()(x)
-            model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
-            model.compile(optimizer=keras.optimizers.RMSprop(float(lr)), loss="binary_crossentropy",
-                          metrics=["accuracy"])
+            model = user_classifier(SIZE, freeze, lr)
             ends = []
 
             class T(keras.callbacks.Callback):
@@ -242,11 +226,6 @@ def phase_table(jobs) -> str:
         m = j["metrics"]
         rows.append([j["name"], *(f"{m[k]:.1f}" if k in m else "-" for k in PHASES)])
     return table(["job", *(k.replace("_seconds", "") for k in PHASES)], rows)
-
-
-def table(headers, rows) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(out + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
 def main():
