@@ -126,11 +126,10 @@ def default_cache_dir(root: Path) -> Path:
 def _map(fn, items, progress: bool = False, what: str = "scanning"):
     """``fn`` over ``items`` on threads (Pillow decodes with the GIL released), in order;
     a tqdm bar (count, rate, ETA) when ``progress`` and it runs longer than 2 s."""
-    from tqdm.auto import tqdm
+    from transferlab.data.progress import bar
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex:
-        return list(tqdm(ex.map(fn, items), total=len(items), desc=what, unit="img",
-                         delay=2.0, disable=not progress or None, leave=False))
+        return list(bar(what, len(items), progress, ex.map(fn, items)))
 
 
 def _stat(path: Path) -> list:

@@ -130,16 +130,14 @@ def decode_resized(path, size: int) -> np.ndarray:
 def _fill(sources: list[str], size: int, write, progress: bool) -> None:
     """Decodes ``sources`` in order, handing ``write`` uint8 batches (k, size, size, 3)."""
     import tensorflow as tf
-    from tqdm.auto import tqdm
-
     from transferlab.data.folder import DataError
+    from transferlab.data.progress import bar as progress_bar
 
     errors: list = []
     ds = (tf.data.Dataset.from_tensor_slices(tf.constant(sources, tf.string))
           .map(_resized(size, errors), num_parallel_calls=tf.data.AUTOTUNE)  # keeps the order
           .batch(64).prefetch(2))
-    bar = tqdm(total=len(sources), desc=f"decoding @{size}px", unit="img", delay=2.0,
-               disable=not progress or None, leave=False)
+    bar = progress_bar(f"decoding @{size}px", len(sources), progress)
     try:
         for batch in ds:
             write(batch.numpy())

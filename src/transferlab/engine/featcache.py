@@ -199,7 +199,7 @@ def _extract(prefix, pre, sources, keys_fn, batch_size: int, *, total: int | Non
     """Features and keys of every image in ``sources`` (first occurrence of each content);
     a tqdm bar (count, rate, ETA over ``total`` images) when ``progress`` and it takes > 2 s."""
     import tensorflow as tf
-    from tqdm.auto import tqdm
+    from transferlab.data.progress import bar as progress_bar
 
     spec = sources[0].element_spec[0]
     shape = spec.shape[1:] if spec.shape.rank == 4 else spec.shape
@@ -209,8 +209,7 @@ def _extract(prefix, pre, sources, keys_fn, batch_size: int, *, total: int | Non
         return prefix(pre(x), training=False)
 
     feats, keys = [], []
-    with tqdm(total=total, desc="frozen features", unit="img", delay=2.0, leave=False,
-              disable=not progress or None) as bar:
+    with progress_bar("frozen features", total, progress) as bar:
         for src in sources:
             unb = src.unbatch() if src.element_spec[0].shape.rank == 4 else src
             for batch in unb.batch(batch_size):
