@@ -366,7 +366,6 @@ def test_dataset_id_is_the_same_for_every_fold_and_differs_between_folders(tmp_p
     from PIL import Image
 
     from transferlab import data
-    from transferlab.data.stats import dataset_id
 
     for cls, level in (("a", 30), ("b", 200)):
         (tmp_path / "one" / cls).mkdir(parents=True)
@@ -374,6 +373,6 @@ def test_dataset_id_is_the_same_for_every_fold_and_differs_between_folders(tmp_p
             Image.new("RGB", (8, 8), (level + i, 0, 0)).save(tmp_path / "one" / cls / f"{i}.png")
     folds = [data.scan(tmp_path / "one", split=data.SplitSpec(folds=2, fold=k)) for k in (0, 1)]
     assert folds[0].fingerprint() != folds[1].fingerprint()
-    assert dataset_id(folds[0]) == dataset_id(folds[1])
+    assert folds[0].dataset_id() == folds[1].dataset_id()
     Image.new("RGB", (8, 8), (99, 99, 99)).save(tmp_path / "one" / "a" / "6.png")
-    assert dataset_id(data.scan(tmp_path / "one", split=data.SplitSpec(folds=2, fold=0))) != dataset_id(folds[0])
+    assert data.scan(tmp_path / "one", split=data.SplitSpec(folds=2, fold=0)).dataset_id() != folds[0].dataset_id()

@@ -110,6 +110,17 @@ class DatasetInfo:
                 h.update(f"{split}\0{e.rel}\0{e.label}\0{e.digest}\n".encode())
         return h.hexdigest()[:16]
 
+    def dataset_id(self) -> str:
+        """16 hex digits over every kept image's path, label and content digest, whichever
+        split it is in: the data set a run learnt from, the same for every fold and split seed.
+
+        ``fingerprint()`` differs per fold (it hashes the assignment too); the report keeps
+        runs of different data sets apart with this one (tag ``dataset_id``), so two
+        folders are never averaged as replicates of one configuration.
+        """
+        rows = sorted(f"{e.rel}\0{e.label}\0{e.digest}" for s in SPLITS for e in self.files[s])
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
     def split_path(self, e: Entry) -> str:
         """``e.rel`` relative to its split folder: ``<class>/<file>`` in every layout."""
         return layout.split_relative(self.layout, e.rel)

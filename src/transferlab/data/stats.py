@@ -8,21 +8,7 @@ report's "Data" section reads them back (report/datasection.py).
 
 from __future__ import annotations
 
-import hashlib
-
 from transferlab.data.folder import SPLITS, DatasetInfo
-
-
-def dataset_id(info: DatasetInfo) -> str:
-    """16 hex digits over every kept image's path, label and content digest, whichever split
-    it is in: the data set a run learnt from, the same for every fold and split seed.
-
-    ``DatasetInfo.fingerprint()`` differs per fold (it hashes the assignment too); the
-    report keeps runs of different data sets apart with this one (tag ``dataset_id``),
-    so two folders are never averaged as replicates of one configuration.
-    """
-    rows = sorted(f"{e.rel}\0{e.label}\0{e.digest}" for s in SPLITS for e in info.files[s])
-    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
 def dataset_stats(info: DatasetInfo) -> dict:

@@ -18,7 +18,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from transferlab import data
-from transferlab.data.stats import dataset_id
 from transferlab.engine import diskfull
 from transferlab.models import pretrained
 from transferlab.models.freeze import freeze_label
@@ -112,7 +111,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "freeze": freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer),
         "config_hash": chash,
         "data_fingerprint": extra["data"],
-        "dataset_id": dataset_id(info),
+        "dataset_id": info.dataset_id(),
         "sweep_id": os.environ.get(tracking.ENV_SWEEP, "none"),
         "pid": str(os.getpid()),
     }
