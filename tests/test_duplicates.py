@@ -1,6 +1,7 @@
 """Duplicates and leakage across splits, dataset statistics: TF-free (Pillow, numpy, the real scan)."""
 
 import io
+import json
 import logging
 import shutil
 import time
@@ -162,6 +163,34 @@ def test_distinct_images_and_generated_sets_have_no_duplicates(tmp_path):
 
     root = synthetic.generate(tmp_path / "syn", 4, 40, 48, 0)
     assert duplicates.find(data.scan(root)).pairs == []
+
+
+def test_confirmed_and_rejected_candidates_are_read_once_per_data_set(tmp_path, monkeypatch):
+    """Every job of a sweep looks for duplicates: the second search (another process, the
+    same cache folder) reads no file and finds the same pairs; an edited file is read again."""
+    from transferlab.data import synthetic, thumbs
+
+    root = synthetic.generate(tmp_path / "syn", 4, 40, 48, 0)  # shapes: many rejected candidates
+    shutil.copyfile(next((root / "train").rglob("*.png")), root / "test" / "circle" / "copy.png")
+    scene(1).resize((48, 36)).save(root / "test" / "square" / "near.jpg", quality=70)
+    scene(1).save(root / "train" / "square" / "orig.png")
+    reads = []
+    real = thumbs.thumbnail
+    monkeypatch.setattr(thumbs, "thumbnail", lambda p: reads.append(p) or real(p))
+    info = data.scan(root)
+    first = duplicates.find(info)
+    n_first = len(reads)
+    assert {p.kind for p in first.cross} == {"exact", "near"}
+    verdicts = json.loads((root / ".transferlab_cache" / thumbs.VERDICTS).read_text())["verdicts"]
+    assert sorted(set(verdicts.values())) == [False, True]  # rejected shapes are kept too
+    reads.clear()
+    assert duplicates.find(data.scan(root)).pairs == first.pairs and reads == []
+    scene(1).resize((40, 30)).save(root / "test" / "square" / "near.jpg", quality=50)  # new bytes
+    again = duplicates.find(data.scan(root))
+    assert any(r.endswith("near.jpg") for r in reads) and len(reads) < n_first  # its pairs only
+    assert again.pairs == first.pairs  # still a copy, now confirmed on its new bytes
+    reads.clear()
+    assert duplicates.find(data.scan(root), cache_dir="").pairs == again.pairs and len(reads) >= n_first - 1  # no cache
 
 
 def test_warn_mode_warns_once_and_changes_nothing(leaky, caplog):

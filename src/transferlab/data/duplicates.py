@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transferlab.data.folder import SPLITS, DatasetInfo
-from transferlab.data.thumbs import MAX_COARSE_DIFF, MIN_CORRELATION, similar, thumbnail  # noqa: F401
+from transferlab.data.thumbs import MAX_COARSE_DIFF, MIN_CORRELATION, confirm, similar, thumbnail  # noqa: F401
 
 NEAR_THRESHOLD = 6  # bits of 64; see the module docstring for the measurement
 EXACT, NEAR = "exact", "near"
@@ -188,7 +188,7 @@ def near_pairs(hashes: np.ndarray, threshold: int = NEAR_THRESHOLD) -> tuple[np.
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
 
 
-def find(info: DatasetInfo, threshold: int = NEAR_THRESHOLD) -> Duplicates:
+def find(info: DatasetInfo, threshold: int = NEAR_THRESHOLD, cache_dir=None) -> Duplicates:
     """Exact and near duplicate pairs among ``info``'s kept images.
 
     Byte-identical files form one group, anchored at its first image (train before
@@ -201,11 +201,13 @@ def find(info: DatasetInfo, threshold: int = NEAR_THRESHOLD) -> Duplicates:
     Args:
         info: a scanned dataset, its splits already assigned.
         threshold: near-duplicate threshold in bits (phash Hamming distance).
+        cache_dir: where ``thumbs.confirm`` keeps its verdicts; default the data
+            set's cache folder (``imagecheck.default_cache_dir``), ``""``: none.
 
     Returns:
         A ``Duplicates``. Images without a perceptual hash (``phash == ""``) take
         part in the exact check only. Near candidates are re-read (thumbnails) to
-        confirm them.
+        confirm them, once per data set (the verdicts are cached).
     """
     rank = {s: k for k, s in enumerate(SPLITS)}
     entries = sorted(((split, e) for split in SPLITS for e in info.files[split]),
@@ -225,12 +227,12 @@ def find(info: DatasetInfo, threshold: int = NEAR_THRESHOLD) -> Duplicates:
     reps = np.flatnonzero((anchor == np.arange(n)) & has)
     ni, nj, nd = near_pairs(phash[reps], threshold)
     ni, nj = reps[ni], reps[nj]
-    thumbs: dict[int, np.ndarray | None] = {}
-    for k in range(len(ni)):  # candidates only: few, each image read once
-        for i in (ni[k], nj[k]):
-            if i not in thumbs:
-                thumbs[i] = thumbnail(entries[i][1].source)
-    confirmed = np.array([similar(thumbs[i], thumbs[j]) for i, j in zip(ni, nj)], bool)
+    if cache_dir is None:
+        from transferlab.data.imagecheck import default_cache_dir
+
+        cache_dir = default_cache_dir(info.path)
+    side = lambda i: (entries[i][1].source, entries[i][1].digest)  # noqa: E731
+    confirmed = confirm([(side(i), side(j)) for i, j in zip(ni, nj)], cache_dir or None)
     members: dict[int, list[int]] = {}
     if confirmed.any():
         for k in copies:

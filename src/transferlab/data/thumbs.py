@@ -5,14 +5,26 @@ candidates are confirmed on 16x16 RGB thumbnails: Pearson correlation (brightnes
 and contrast changes pass) or, for noise-like textures whose fine detail a
 re-encoding replaces, equal 4x4 block means. The measurement behind both
 thresholds is in duplicates.py's docstring (benchmarks/duplicates_threshold.py).
+
+Confirming means reading both files again (~2 ms each), and every job of a sweep
+looks for duplicates: ``confirm`` keeps its verdicts in the data set's cache
+folder (``near_verdicts.json``), keyed by the two files' content digests, so a
+pair is read once per data set, whichever job, split or fold asks.
 """
 
 from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
 MIN_CORRELATION = 0.96  # of the 16x16 RGB thumbnails of a near candidate pair, or
 MAX_COARSE_DIFF = 4.0  # mean absolute difference of their 4x4 block means, in 0..255 levels
+VERDICTS = "near_verdicts.json"
+log = logging.getLogger(__name__)
 
 
 def thumbnail(path: str) -> np.ndarray | None:
@@ -41,3 +53,52 @@ def similar(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
     na, nb = float(a @ a), float(b @ b)
     return na > 0 and nb > 0 and float(a @ b) / np.sqrt(na * nb) >= MIN_CORRELATION
+
+
+def confirm(pairs: list[tuple[tuple[str, str], tuple[str, str]]], cache: Path | None) -> np.ndarray:
+    """``similar`` for each candidate pair, each file read at most once.
+
+    Args:
+        pairs: ``((source_a, digest_a), (source_b, digest_b))`` per candidate: the
+            files and the sha1 of their bytes (the scan's ``Entry.digest``).
+        cache: Folder of ``near_verdicts.json`` (verdicts of earlier calls, keyed by
+            the digests, the two thresholds and Pillow's version); None: no cache. A cache that
+            cannot be read or written only costs the time to read the files.
+
+    Returns:
+        bool array of shape ``(len(pairs),)``.
+    """
+    import PIL
+
+    header = {"min_correlation": MIN_CORRELATION, "max_coarse_diff": MAX_COARSE_DIFF,
+              "pillow": PIL.__version__}  # another decoder may give other thumbnails
+    index = Path(cache) / VERDICTS if cache else None
+    known: dict[str, bool] = {}
+    if index is not None:
+        try:
+            old = json.loads(index.read_text())
+            known = old["verdicts"] if all(old.get(k) == v for k, v in header.items()) else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            known = {}
+    keys = [":".join(sorted((a[1], b[1]))) if a[1] and b[1] else "" for a, b in pairs]
+    thumbs: dict[str, np.ndarray | None] = {}
+    out, new = np.zeros(len(pairs), bool), {}
+    for k, ((sa, _), (sb, _)) in enumerate(pairs):
+        if keys[k] in known:
+            out[k] = known[keys[k]]
+            continue
+        for s in (sa, sb):
+            if s not in thumbs:
+                thumbs[s] = thumbnail(s)
+        out[k] = similar(thumbs[sa], thumbs[sb])
+        if keys[k] and thumbs[sa] is not None and thumbs[sb] is not None:  # unreadable: ask again
+            new[keys[k]] = bool(out[k])
+    if index is not None and new:
+        try:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            tmp = index.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**header, "verdicts": {**known, **new}}))
+            os.replace(tmp, index)  # parallel jobs: the last writer wins; a lost verdict is recomputed
+        except OSError as e:
+            log.warning("cannot write the duplicate cache %s: %s", index, e)
+    return out
