@@ -42,6 +42,34 @@ def test_test_split_from_cached_features_equals_the_full_model(compose, tmp_path
     assert len(feats.true) == len(splits.test_paths)
 
 
+@pytest.mark.parametrize("freeze", ["all", "last_blocks"])
+def test_several_steps_per_call_on_cached_features_change_no_weight(compose, tmp_path, monkeypatch, freeze):
+    """FEATURE_STEPS_PER_EXECUTION only saves Python round trips: the trained weights and
+    the per-epoch logs are those of one step per call, bit for bit (12 train images at batch
+    4: 3 steps per epoch, so 2 steps per call also leaves a remainder call)."""
+    from transferlab.engine import train
+
+    extra = ["freeze.n=1"] if freeze == "last_blocks" else []
+    cfg = compose([*TINY, f"freeze={freeze}", *extra, "trainer.epochs=2", "trainer.batch_size=4"])
+    out = {}
+    for spe in (1, 2, train.FEATURE_STEPS_PER_EXECUTION):
+        monkeypatch.setattr(train, "FEATURE_STEPS_PER_EXECUTION", spe)
+        keras.utils.set_random_seed(42)
+        splits = data.load(data.scan(data.dataset_path(cfg)), 32, 4, cfg.seed)
+        assert splits.counts["train"] == 12
+        model, base, _ = build_model(cfg, 2)
+        logs = []
+        res = fit(model, base, cfg, splits, block_regex=registry.spec("mobilenetv3small").block_regex,
+                  feature_dir=tmp_path / "f", callbacks=lambda phase: [
+                      keras.callbacks.LambdaCallback(on_epoch_end=lambda e, lg: logs.append(dict(lg)))])
+        assert res.feature_cache.startswith("on:"), res.feature_cache
+        assert res.head.steps_per_execution == spe
+        out[spe] = (model.get_weights(), logs)
+    for spe in out:
+        assert all(np.array_equal(a, b) for a, b in zip(out[1][0], out[spe][0])), spe
+        assert out[spe][1] == out[1][1], spe
+
+
 def _job(compose, tmp_path, *overrides):
     keras.utils.set_random_seed(42)
     out = job.run(compose([*TINY, "trainer.epochs=2", "tracking.skip_finished=false", *overrides]))

@@ -139,15 +139,20 @@ def speed_switches(cfg) -> SpeedSwitches:
     return SpeedSwitches(policy, jit_value, tags, gpu)
 
 
-def compile_model(model, cfg, num_classes: int, lr: float | None = None, base=None) -> None:
-    """(Re)compiles with a fresh optimizer; required after any change of ``trainable``."""
+def compile_model(model, cfg, num_classes: int, lr: float | None = None, base=None,
+                  steps_per_execution: int = 1) -> None:
+    """(Re)compiles with a fresh optimizer; required after any change of ``trainable``.
+
+    ``steps_per_execution``: Keras runs that many steps per call of its train
+    function (the same steps and numbers, fewer Python round trips; batch-level
+    callbacks then see every n-th step)."""
     loss = "binary_crossentropy" if num_classes == 2 else "categorical_crossentropy"
     base_vars = base.trainable_variables if base is not None else ()
     # Balanced accuracy rides along with the validation pass Keras makes anyway
     # (logs val_balanced_accuracy): on imbalanced data accuracy alone misleads.
     model.compile(optimizer=build_optimizer(cfg, lr, base_vars), loss=loss,
                   metrics=["accuracy", BalancedAccuracy(max(2, num_classes))],
-                  jit_compile=speed_switches(cfg).jit)
+                  jit_compile=speed_switches(cfg).jit, steps_per_execution=steps_per_execution)
 
 
 def build_model(cfg, num_classes: int, tracking_uri: str | None = None):
