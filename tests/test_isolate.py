@@ -1,4 +1,5 @@
-"""A job's worker process dying (OOM killer, kill -9) leaves no RUNNING run behind."""
+"""The sweep's worker process: one dying (OOM killer, kill -9) leaves no RUNNING run behind;
+it is started (and imports TensorFlow) before the first job."""
 
 import os
 import signal
@@ -42,3 +43,28 @@ def test_a_dead_workers_run_is_closed_failed(compose, tmp_path):
     assert after.info.status == "FAILED"
     assert "worker process died" in after.data.tags["error"]
     isolate.shutdown()
+
+
+def _probe():
+    import os
+    import sys
+
+    return os.getpid(), "keras" in sys.modules and "transferlab.runner.job" in sys.modules
+
+
+def test_prestarted_worker_has_imported_tensorflow_before_its_first_task(compose):
+    """The sweep starts its worker before scanning (SweepCallback): the imports run first
+    in that worker, so the first job finds them done; a sweep that stops before any job
+    terminates the worker instead of waiting for its imports."""
+    cfg = compose(TINY)
+    isolate.prestart(cfg)
+    try:
+        started = set(isolate._pool._processes)
+        pid, warm = isolate._pool.submit(_probe).result(timeout=300)
+        assert warm and pid in started
+    finally:
+        isolate.shutdown()
+    isolate.prestart(cfg)
+    procs = list(isolate._pool._processes.values())
+    isolate.shutdown()
+    assert [p.exitcode for p in procs] == [-signal.SIGTERM]

@@ -7,7 +7,10 @@ keep growing. With ``runtime.isolate=auto`` (the default) every job of a
 basic-launcher multirun runs in a spawned worker process that is replaced after
 ``runtime.jobs_per_process`` jobs: memory is bounded, and TensorFlow is
 imported once per worker rather than once per job. The launching process
-never imports TensorFlow at all.
+never imports TensorFlow at all. A worker starts importing as soon as it is
+created (``prestart`` at the sweep's start; at once after a replacement), so
+the ~5 s of imports overlap with the launcher's scan and MLflow setup, or with
+the old worker's exit, instead of delaying the next job.
 
 Parallel jobs share the cores: under Hydra's joblib launcher each job's
 TensorFlow gets ``cores // n_jobs`` intra-op threads (``runtime.threads``
@@ -31,7 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from transferlab.runner import tracking
 
 _pool: ProcessPoolExecutor | None = None
-_pool_size = 0
+_pool_size = 0  # runtime.jobs_per_process of the current worker
+_pool_jobs = 0  # jobs handed to it so far
 
 
 def _cores() -> int:
@@ -107,11 +111,50 @@ def _child(container: dict, overrides: list[str] | None, env: dict[str, str]) ->
     return out
 
 
-def shutdown() -> None:
-    """Stops the worker (end of sweep); the next isolated job starts a new one."""
+def _warm() -> None:
+    """A new worker's first task: the imports every job needs (TensorFlow with Keras,
+    MLflow, the runner). Imports only: TensorFlow starts its thread pools at the
+    first op, after ``_child`` has set the job's thread share."""
+    import keras  # noqa: F401
+    import mlflow  # noqa: F401
+
+    import transferlab.runner.artifacts  # noqa: F401
+    import transferlab.runner.job  # noqa: F401
+
+
+def _new_pool(jobs_per_process: int) -> None:
+    global _pool, _pool_size, _pool_jobs
+    if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
+        # Inside a joblib (loky) worker the default start method is "loky", which a
+        # plain spawned child cannot resolve ("cannot find context for 'loky'").
+        multiprocessing.set_start_method("spawn", force=True)
+    _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    _pool_size, _pool_jobs = jobs_per_process, 0
+    _pool.submit(_warm)  # spawns the worker now; our own count (not max_tasks_per_child) replaces it
+
+
+def prestart(cfg: DictConfig) -> None:
+    """Starts the sweep's worker process now, so its imports run while the caller
+    works on (the sweep's scan and MLflow setup); a no-op unless the sweep's jobs
+    will run in it (``dispatch`` with ``shared_process=True``, ``runtime.isolate``
+    not ``off``) or a worker is already up."""
+    if _pool is None and cfg.runtime.isolate != "off":
+        _new_pool(cfg.runtime.jobs_per_process)
+
+
+def shutdown(wait: bool = True) -> None:
+    """Stops the worker (end of sweep); the next isolated job starts a new one.
+
+    Args:
+        wait: wait for the worker to exit (TensorFlow's teardown, ~2 s); False lets
+            the caller go on meanwhile (the interpreter still waits at its exit).
+    """
     global _pool
     if _pool is not None:
-        _pool.shutdown(wait=True, cancel_futures=True)
+        if not _pool_jobs:  # only importing (the sweep stopped before its first job)
+            for proc in (getattr(_pool, "_processes", None) or {}).values():
+                proc.terminate()
+        _pool.shutdown(wait=wait, cancel_futures=True)
         _pool = None
 
 
@@ -140,16 +183,11 @@ def dispatch(cfg: DictConfig, overrides: list[str] | None, shared_process: bool)
         from transferlab.runner.job import run
 
         return run(cfg, overrides)
-    global _pool, _pool_size
-    if _pool is None or _pool_size != cfg.runtime.jobs_per_process:
-        shutdown()
-        _pool_size = cfg.runtime.jobs_per_process
-        if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
-            # Inside a joblib (loky) worker the default start method is "loky", which a
-            # plain spawned child cannot resolve ("cannot find context for 'loky'").
-            multiprocessing.set_start_method("spawn", force=True)
-        _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                    max_tasks_per_child=_pool_size)
+    global _pool_jobs
+    if _pool is None or _pool_size != cfg.runtime.jobs_per_process or _pool_jobs >= _pool_size:
+        shutdown(wait=False)  # the old worker exits while the new one imports
+        _new_pool(cfg.runtime.jobs_per_process)
+    _pool_jobs += 1
     env = {k: os.environ[k] for k in (tracking.ENV_PARENT, tracking.ENV_SWEEP) if k in os.environ}
     if share is not None:  # read by TensorFlow when it starts in the worker
         intra, inter, why = share

@@ -73,6 +73,9 @@ class SweepCallback(Callback):
         try:
             self._start(config)
         except Exception as e:
+            from transferlab.runner import isolate
+
+            isolate.shutdown()  # a worker that was only importing: stopped, not awaited
             print(f"[transferlab] error: {e}", file=sys.stderr)
             sys.exit(2)
 
@@ -82,6 +85,10 @@ class SweepCallback(Callback):
         jobs = job_configs(config)
         for cfg in jobs:
             validate(cfg)  # a bad value in any job stops the sweep before TF loads
+        if config.hydra.launcher.get("_target_", "").endswith(".BasicLauncher"):
+            from transferlab.runner import isolate
+
+            isolate.prestart(_task_config(config))  # its imports overlap with the scan below
         # Check folders and generate synthetic data here, once: parallel jobs
         # must not race to write the same files.
         firsts = {(str(data.dataset_path(c)), data.SplitSpec.from_config(c.dataset),
@@ -112,7 +119,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from transferlab.runner import isolate
 
-        isolate.shutdown()
+        isolate.shutdown(wait=False)  # TensorFlow's teardown overlaps with the summary and report
         cfg = _task_config(config)
         uri = tracking.tracking_uri(cfg)
         c = tracking.client(uri)
