@@ -141,3 +141,39 @@ def test_resnet_cuts_only_at_block_boundaries(compose, freeze, use, where):
     model, base, _ = build_model(cfg, 2)
     d = featcache.decide(model, base, cfg, splits)
     assert d.use is use and d.reason.startswith(where), d.reason
+
+
+def test_index_batches_and_pixel_lookup_give_the_same_feature_batches(compose):
+    """data.load's pipelines are mapped to feature rows through their own shuffled index
+    batches; any other pipeline through a fingerprint of each image. Both must give the
+    same batches in the same order (two loads with the same seeds: the same shuffles)."""
+    from transferlab.engine import featkeys
+
+    cfg = compose([*TINY, "dataset.images_per_class=10"])
+    info = data.scan(data.dataset_path(cfg))
+
+    def load():
+        keras.utils.set_random_seed(7)
+        return data.load(info, 32, 4, seed=7)
+
+    a, b = load(), load()
+    fn = featkeys.keys_fn()
+    sources = [featkeys.source(a.train), featkeys.source(a.validation), a.test]
+    keys = featkeys.image_keys(sources, fn)
+    imgs = np.concatenate([x.numpy() for s in sources for x, _ in s])  # all three are batched
+    uniq, first = np.unique(keys, return_index=True)
+    feats = imgs[first].mean(axis=(1, 2)).astype(np.float32)  # stand-in features: (images, 3)
+    for ds in (b.train, b.validation, b.test):  # b: pipelines as another caller would build them
+        del ds.index_batches
+    fast, slow = featkeys.as_features(a, feats, uniq, keys, fn), featkeys.as_features(b, feats, uniq, keys, fn)
+    assert all(getattr(ds, "index_batches", None) is not None for ds in (a.train, a.validation, a.test))
+    for f, s in zip(fast, slow):
+        fb, sb = list(f.as_numpy_iterator()), list(s.as_numpy_iterator())
+        assert len(fb) == len(sb) > 0
+        for (fx, fy), (sx, sy) in zip(fb, sb):
+            np.testing.assert_array_equal(fx, sx)
+            np.testing.assert_array_equal(fy, sy)
+    first_epoch = np.concatenate([x for x, _ in fast[0].as_numpy_iterator()])
+    second_epoch = np.concatenate([x for x, _ in fast[0].as_numpy_iterator()])
+    assert not np.array_equal(first_epoch, second_epoch)  # reshuffled each epoch, as images are
+    np.testing.assert_array_equal(np.sort(first_epoch[:, 0]), np.sort(second_epoch[:, 0]))

@@ -42,18 +42,22 @@ def _pipeline(images: store.ImageStore, positions: np.ndarray, y: np.ndarray, ba
             x.set_shape((None, s, s, 3))
         return x, tf.gather(y_t, i)
 
-    ds = tf.data.Dataset.range(n)
+    idx = tf.data.Dataset.range(n)
     if seed is not None:
         # A buffer as large as the split is a full shuffle; a fresh order each
         # epoch, yet the sequence of orders is fixed by the seed.
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        idx = idx.shuffle(n, seed=seed, reshuffle_each_iteration=True)
         if repeat:
-            ds = ds.repeat()
-    ds = ds.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE)  # keeps the order
+            idx = idx.repeat()
+    idx = idx.batch(batch_size)
+    ds = idx.map(read, num_parallel_calls=tf.data.AUTOTUNE)  # keeps the order
     # The cast in a map of its own, not parallel: parallel casts competed for the cores
     # (10-12k img/s at 224 px vs 21-23k, measured on 2 cores; benchmarks/data_memory.py).
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
+    # engine/featcache.py maps these index batches (the same shuffle object, so the same
+    # orders) to cached features: no image is read or hashed per epoch.
+    ds.index_batches, ds.labels = idx, y
+    return ds
 
 
 def load(info: DatasetInfo, image_size: int, batch_size: int, seed: int,
@@ -70,7 +74,9 @@ def load(info: DatasetInfo, image_size: int, batch_size: int, seed: int,
     orientation applied), and served from the store afterwards.
 
     ``splits.train.file_order`` is train in file order, unshuffled and finite
-    (engine/featcache.py reads it: the shuffle below runs over indices).
+    (engine/featcache.py reads it: the shuffle below runs over indices). Each
+    pipeline also carries ``index_batches`` (its batches of file-order indices,
+    shuffled as the images are) and ``labels`` (per file-order index).
 
     Args:
         info: The result of ``scan``.

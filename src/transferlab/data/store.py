@@ -85,9 +85,10 @@ class ImageStore:
             flat[i] = np.frombuffer(buf, np.uint8)
         return out
 
-    def __del__(self):
+    def __del__(self, _close=os.close):  # bound now: at interpreter exit `os` may be gone
         if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+            _close(self._fd)
+            self._fd = None
 
 
 def store_key(keys: list[str], size: int) -> str:

@@ -17,12 +17,12 @@ base's output for ``freeze=all``); it must be one tensor that everything
 after it depends on alone, which holds for sequential bases (VGG) and at
 block boundaries, not in the middle of a residual block.
 
-Exactly the same batches, in the same order: the training pipeline is not
-rebuilt. ``splits.train`` is mapped image -> features by a lookup keyed on a
-64-bit fingerprint of each image's pixels, so shuffling, repetition and
-``steps_per_epoch`` stay those of the data pipeline (its shuffle state moves
-exactly as without the cache), and an image missing from the cache is an
-error, never a silent mismatch.
+Exactly the same batches, in the same order (featkeys.py): each image's
+features are found by a 64-bit fingerprint of its pixels, and the training
+pipeline's own shuffled index batches are mapped to those rows, so shuffling,
+repetition and ``steps_per_epoch`` stay those of the data pipeline (its
+shuffle state moves exactly as without the cache); an image missing from the
+cache is an error, never a silent mismatch.
 
 On disk (featstore.py; ``runtime.feature_cache_dir``, default ``<mlruns>/feature_cache``),
 one folder per key; the key hashes everything the features depend on:
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.engine import featcut
+from transferlab.engine import featcut, featkeys
 from transferlab.engine import featstore as store
 
 MODES = ("auto", "on", "off")
@@ -76,30 +76,6 @@ class Prepared:
     test: object = None  # the test split as (features, labels), same order and batches
 
 
-def _source(ds):
-    """A pipeline's images in a fixed order, read without moving its shuffle state.
-
-    Returns the dataset below the shuffle (unbatched, in file order), the
-    pipeline itself when it does not shuffle, or None when neither works
-    (an infinite unshuffled pipeline).
-    """
-    import tensorflow as tf
-
-    if getattr(ds, "file_order", None) is not None:  # data.load's train: shuffles indices
-        return ds.file_order
-    d = ds
-    while d is not None:
-        if type(d).__name__ in ("_ShuffleDataset", "ShuffleDataset"):
-            src = d._input_dataset  # noqa: SLF001 (tf.data keeps no public handle)
-            break
-        d = getattr(d, "_input_dataset", None)
-    else:
-        src = ds
-    if src.cardinality() == tf.data.INFINITE_CARDINALITY:
-        return None
-    return src
-
-
 def _first_trainable(base) -> int:
     for i, layer in enumerate(base.layers):
         if layer.trainable and layer.trainable_weights:
@@ -129,7 +105,7 @@ def decide(model, base, cfg, splits) -> Decision:
     odd = [l.name for l in before if not isinstance(l, Preprocess) and type(l).__name__ != "InputLayer"]
     if odd:
         return Decision(False, f"layers {odd} run before the base")
-    if _source(splits.train) is None or _source(splits.validation) is None:
+    if featkeys.source(splits.train) is None or featkeys.source(splits.validation) is None:
         return Decision(False, "the data pipeline's images cannot be read without changing its "
                                "shuffle order (infinite pipeline without a shuffle stage)")
     layers = base.layers
@@ -156,42 +132,6 @@ def decide(model, base, cfg, splits) -> Decision:
     if any(id(v) not in ids for v in base.trainable_weights):
         return Decision(False, f"no single cut {where}: trainable layers lie outside the tail")
     return Decision(True, f"cut {where}", i, f"before {layer.name}", inputs[0], tail)
-
-
-# -- fingerprints and keys ---------------------------------------------------
-
-_KEYS = []  # the one traced key function of this process
-
-
-def _keys_fn():
-    """The per-image content key function, built once per process.
-
-    TensorFlow counts traces per Python code object, not per function object:
-    a new ``tf.function`` per job traced on each job's first call, and from the
-    fifth job in a worker on, every job printed TensorFlow's "triggered
-    tf.function retracing" warning. One function for the process traces once
-    per image shape (``reduce_retracing`` then relaxes the batch size).
-    """
-    if _KEYS:
-        return _KEYS[0]
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def keys(x):
-        raw = tf.reshape(tf.bitcast(x, tf.uint8), [tf.shape(x)[0], -1])
-        return tf.bitcast(tf.fingerprint(raw), tf.int64)  # farmhash64 of each image's bytes
-
-    _KEYS.append(keys)
-    return keys
-
-
-def _batched(src):
-    return src.batch(64) if src.element_spec[0].shape.rank == 3 else src
-
-
-def _image_keys(sources, keys) -> np.ndarray:
-    out = [keys(batch[0]).numpy() for src in sources for batch in _batched(src)]
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def _extract(prefix, pre, sources, keys_fn, batch_size: int, *, total: int | None = None,
@@ -259,9 +199,9 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
     prefix = base if decision.tail is None else keras.Model(base.inputs, decision.tensor,
                                                             name=f"{base.name}_prefix")
     pre = model.get_layer("preprocess")
-    sources = [_source(splits.train), _source(splits.validation), splits.test]
-    keys_fn = _keys_fn()
-    keys = _image_keys(sources, keys_fn)
+    sources = [featkeys.source(splits.train), featkeys.source(splits.validation), splits.test]
+    keys_fn = featkeys.keys_fn()
+    keys = featkeys.image_keys(sources, keys_fn)
     material = store.material(cfg, model, decision.cut_name, prefix, keys)
     key = store.entry_key(material)
     folder = Path(folder) if folder is not None else store.cache_dir(cfg)
@@ -296,20 +236,7 @@ def prepare(decision: Decision, model, cfg, splits, folder: Path | None = None) 
                     how += f", saved to {entry}"
                 except OSError as e:
                     saved = f"; not saved: {e}"
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(uniq), tf.range(len(uniq), dtype=tf.int64)), -1)
-    features = tf.constant(feats)
-
-    def to_features(x, *rest):
-        idx = table.lookup(keys_fn(x))
-        check = tf.debugging.assert_non_negative(idx, message="an image is missing from the feature cache")
-        with tf.control_dependencies([check]):
-            return (tf.gather(features, idx), *rest)
-
-    def mapped(ds):
-        return ds.map(to_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
+    train, validation, test = featkeys.as_features(splits, feats, uniq, keys, keys_fn)
     per_image = int(np.prod(feats.shape[1:]))
     note = (f"on: {decision.reason}; {len(uniq)} images x {per_image:,} features, {how}{saved}")
-    return Prepared(mapped(splits.train), mapped(splits.validation), note, time.perf_counter() - t0,
-                    mapped(splits.test))
+    return Prepared(train, validation, note, time.perf_counter() - t0, test)

@@ -40,7 +40,7 @@ def _arrays(ds, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _split_arrays(splits) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every split's images and labels in file order (train read below its shuffle)."""
-    from transferlab.engine.featcache import _source
+    from transferlab.engine.featkeys import source as _source
 
     k = splits.num_classes
     train = _source(splits.train)
