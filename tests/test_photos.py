@@ -140,6 +140,39 @@ def test_symlinked_sub_folder_is_followed_once(small, tmp_path):
     assert info.counts["train"]["a"] == 5 and info.skipped == []
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_link_to_the_root_or_another_class_never_relabels_its_images(small, tmp_path, flat):
+    """A link inside a class folder to the data set's root, a split folder or another
+    class folder would read that class's images again under this label: left out, listed."""
+    root = small
+    if flat:  # one folder of classes, class b itself a symlinked folder elsewhere
+        root = tmp_path / "flat"
+        (root / "a").mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(picture(700 + i, 0)).save(root / "a" / f"{i}.png")
+        store_b = tmp_path / "store" / "b"
+        store_b.mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(picture(800 + i, 1)).save(store_b / f"{i}.png")
+        (root / "b").symlink_to(store_b, target_is_directory=True)
+        (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+        (root / "a" / "other").symlink_to(store_b, target_is_directory=True)
+        where = {"a/loop/": "the data set's root", "a/other/": "the class folder b/"}
+    else:
+        (root / "train" / "a" / "loop").symlink_to(root, target_is_directory=True)
+        (root / "train" / "a" / "up").symlink_to(root / "test", target_is_directory=True)
+        (root / "train" / "a" / "other").symlink_to(root / "validation" / "b", target_is_directory=True)
+        where = {"train/a/loop/": "the data set's root", "train/a/up/": "the split folder test/",
+                 "train/a/other/": "the class folder validation/b/"}
+    info = data.scan(root)
+    every = [e for s in SPLITS for e in info.files[s]]
+    assert {e.label for e in every if "/b/" in f"/{e.rel}" or e.rel.startswith("b/")} == {1}
+    assert not any(k.rstrip("/") in e.rel for e in every for k in where)
+    assert sorted(info.skipped) == sorted(f"{k}: a link to {v}, not read again under this class"
+                                          for k, v in where.items())
+    assert sum(sum(c.values()) for c in info.counts.values()) == (20 if flat else 12)
+
+
 def test_dangling_symlink_is_skipped_and_listed(small, tmp_path):
     gone = tmp_path / "gone.jpg"
     (small / "validation" / "b" / "link.jpg").symlink_to(gone)

@@ -159,25 +159,32 @@ def _visible(names) -> list[str]:
     return sorted(n for n in names if not n.startswith("."))
 
 
-def _class_files(folder: Path, root: Path) -> list[str]:
-    """Every file below ``folder`` (hidden folders pruned), relative to ``root``, sorted.
+def _class_files(folder: Path, root: Path, others: dict) -> tuple[list[str], list[str]]:
+    """Every file below ``folder`` (hidden folders pruned), relative to ``root``, sorted,
+    and the sub-folders left out as ``"<rel>/: <why>"``.
 
     Symlinked sub-folders are followed; each real folder (st_dev, st_ino) is
-    walked once, so a link to an ancestor or a sibling loops no more. A
-    dangling link is listed like a file (the scan skips it with its target).
+    walked once, so a link to an ancestor or a sibling loops no more. A link to
+    one of ``others`` (identity -> what it is: the data set's root, a split
+    folder, another class folder) is not followed: its images would be read a
+    second time under this class's label. A dangling link is listed like a file
+    (the scan skips it with its target).
     """
-    out = []
+    out, left_out = [], []
     seen = {_identity(folder)}
     for here, dirs, files in os.walk(folder, followlinks=True):
         keep = []
         for d in _visible(dirs):
             key = _identity(Path(here) / d)
-            if key not in seen:
-                seen.add(key)
+            if key in others and key not in seen:
+                rel = (Path(here) / d).relative_to(root).as_posix()
+                left_out.append(f"{rel}/: a link to {others[key]}, not read again under this class")
+            elif key not in seen:
                 keep.append(d)
+            seen.add(key)
         dirs[:] = keep
         out += [(Path(here) / f).relative_to(root).as_posix() for f in files]
-    return sorted(out)
+    return sorted(out), left_out
 
 
 def _identity(folder: Path) -> tuple[int, int]:
@@ -216,7 +223,12 @@ def scan(path, cache_dir=None, split: assign.SplitSpec | None = None, *, max_pix
     path = Path(path).expanduser().absolute()
     lay = layout.detect(path)
     class_names, stray = lay.class_names, lay.stray
-    per_class = {(g, c): _class_files(path / g / c, path) for g in lay.groups for c in class_names}
+    others = {_identity(path): "the data set's root"}
+    others.update({_identity(path / g): f"the split folder {g}/" for g in lay.groups if g})
+    others.update({_identity(path / g / c): f"the class folder {g + '/' if g else ''}{c}/"
+                   for g in lay.groups for c in class_names})
+    walked = {(g, c): _class_files(path / g / c, path, others) for g in lay.groups for c in class_names}
+    per_class = {k: files for k, (files, _) in walked.items()}
     cache = Path(cache_dir) if cache_dir else imagecheck.default_cache_dir(path)
     if max_pixels is _DEFAULT:
         from transferlab.config.schema import DatasetConf
@@ -230,6 +242,7 @@ def scan(path, cache_dir=None, split: assign.SplitSpec | None = None, *, max_pix
                         f"{cache} cannot be written, set TRANSFERLAB_CACHE=<writable "
                         "folder>.") from e
     skipped = [f"{rel}: not in a class folder" for rel in stray]
+    skipped += [line for _, left_out in walked.values() for line in left_out]
     kept_by: dict[tuple[str, str], list[Entry]] = {}
     for (group, name), rels in per_class.items():
         kept = []

@@ -176,8 +176,10 @@ def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path |
         train_model = model
         if decision.use:  # the head model, sharing the full model's layers after the cut
             train_model = featcache.head_model(decision, model)
+            # Never more than an epoch's steps: Keras' progress bar then showed "32/2".
+            steps = t.steps_per_epoch or math.ceil(splits.counts["train"] / t.batch_size)
             compile_model(train_model, cfg, num_classes, lr=lr, base=decision.tail,
-                          steps_per_execution=FEATURE_STEPS_PER_EXECUTION)
+                          steps_per_execution=max(1, min(FEATURE_STEPS_PER_EXECUTION, steps)))
         timer = _FirstStep()
         es = t.early_stopping
         stopper = None
