@@ -116,3 +116,29 @@ def test_the_folds_share_one_test_split_and_one_set_of_reference_rows(kfold_runs
     (ts,) = test_sets(t)
     assert ts.n == 40 and ts.n_runs == 4 and ts.fingerprints == {"fp-fold0", "fp-fold1"}
     assert [row["name"] for row in reference_rows(t, [ts])] == ["majority class, always 'a'"]
+
+
+def test_split_seeds_are_replicates_not_a_choice():
+    """Sweeping dataset.split_seed on one folder gives runs whose validation (and test)
+    images differ: the report averages them like seeds, never chooses a split seed, and
+    pairs only runs of the same split."""
+    runs = []
+    for i, (fz, split, v, r) in enumerate([("all", 0, .60, 24), ("all", 1, .70, 26),
+                                          ("last4", 0, .90, 36), ("last4", 1, .80, 34)]):
+        rec = _rec(i, fz, "None", v, r, folds="None")
+        rec.params["dataset.split_seed"] = str(split)
+        rec.tags["split_layout"] = "flat"
+        runs.append(rec)
+    t = build_table(runs)
+    assert "dataset.split_seed" in t.swept and t.axes == ["freeze"]
+    assert [len(c.runs) for c in t.configs] == [2, 2]
+    sel = choose(t)
+    assert sel.label == "freeze=last4" and sel.score == pytest.approx(0.85) and sel.n_seeds == 2
+    (comp,) = compare(t)[0]
+    assert [p.seed for p in comp.pairs] == ["1/split 0", "1/split 1"]
+    assert [p.base_run.params["dataset.split_seed"] for p in comp.pairs] == ["0", "1"]
+    assert [p.cand_run.params["dataset.split_seed"] for p in comp.pairs] == ["0", "1"]
+    # A folder with its own train/validation/test: the split seed changes nothing, not a key.
+    for rec in runs:
+        rec.tags["split_layout"] = "split"
+    assert sorted(build_table(runs[:2]).configs[0].seeds) == ["1"]

@@ -7,9 +7,12 @@ import re
 
 LABELS = ("backbone", "freeze")
 SEED = "seed"
-# k-fold: runs that differ only in the fold (or the seed) are replicates of one configuration.
+# k-fold: runs that differ only in the fold (or the seed) are replicates of one configuration;
+# so are runs on other random splits of one folder (dataset.split_seed): their validation
+# scores come from different images, so choosing between split seeds would choose noise.
 FOLD = "dataset.fold"
-REPLICATES = (SEED, FOLD)
+SPLIT_SEED = "dataset.split_seed"
+REPLICATES = (SEED, FOLD, SPLIT_SEED)
 
 
 def _natural(value) -> tuple:

@@ -3,9 +3,9 @@
 A *field* is what a run varies in: the labels ``backbone`` and ``freeze``
 (from the run tags, falling back to the params) plus every logged param
 (dotted key). Keys whose value differs across the selection are *swept*; the
-*configuration* of a run is its swept fields except ``seed`` and ``dataset.fold``,
-so runs that differ only in ``seed`` or in the k-fold fold are replicates: a
-configuration's numbers are the mean ± std over its seeds and folds. Pure
+*configuration* of a run is its swept fields except ``seed``, ``dataset.fold`` and
+``dataset.split_seed``, so runs that differ only in ``seed``, the k-fold fold or the
+random split are replicates: a configuration's numbers are the mean ± std over them. Pure
 Python over RunRecords.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transferlab.config.schema import NON_RESULT_KEYS, SYNTHETIC_ONLY_KEYS
 from transferlab.models.freeze import freeze_label as strategy_label
-from transferlab.report.axes import (FOLD, LABELS, REPLICATES, SEED, _natural, axes_of,
+from transferlab.report.axes import (FOLD, LABELS, REPLICATES, SEED, SPLIT_SEED, _natural, axes_of,
                                      default_axes, determined, sort_values)
 from transferlab.report.collect import RunRecord
 from transferlab.report.metric import DEFAULT_METRIC, rank_key, run_score
@@ -66,11 +66,17 @@ def fold_of(rec: RunRecord) -> str | None:
 
 
 def _seed(rec: RunRecord) -> str:
-    """The replicate key: the seed, and the fold with k-fold (``"42/fold 1"``); runs of one
-    configuration with equal keys repeat each other (the newer one counts)."""
+    """The replicate key: the seed, the fold with k-fold and the split seed where it can
+    vary (``"42/fold 1"``, ``"42/split 3"``); runs of one configuration with equal keys
+    repeat each other (the newer one counts)."""
     seed = rec.params.get(SEED, rec.run_id)
     fold = fold_of(rec)
-    return seed if fold is None else f"{seed}/fold {fold}"
+    key = seed if fold is None else f"{seed}/fold {fold}"
+    split = rec.params.get(SPLIT_SEED)
+    # Only a folder split by transferlab has a split seed that changes anything.
+    if split not in (None, "None", "null") and rec.tags.get("split_layout") not in (None, "split"):
+        key += f"/split {split}"
+    return key
 
 
 replicate_key = _seed
