@@ -92,6 +92,12 @@ CASES = {
                                 ["image_size=64", "inceptionv3", "(75 px)", "image_size=75"]),
     "missing_data_folder": Case(["dataset=folder", "dataset.path=/no/such/dir"],
                                 ["'/no/such/dir' does not exist", "train/"]),
+    # Unquoted, the shell leaves '~' after "key=" as it is, and Hydra's grammar fails on it.
+    "unexpanded_home": Case(["dataset=folder", "dataset.path=~/PetImages"],
+                            ["dataset.path=~/PetImages", "dataset.path=$HOME/PetImages"],
+                            modes=("single",)),
+    "data_path_is_a_file": Case(["dataset=folder", "dataset.path={data}/junk.weights.h5"],
+                                ["junk.weights.h5' is a file, not a folder"], modes=("multi",)),
     # train/ alone: neither split as given nor a folder of classes (train/ + test/ would be)
     "missing_split": Case(["dataset=folder", "dataset.path={data}/no_validation"],
                           ["no_validation: found folder train", "but no test/",

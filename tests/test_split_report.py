@@ -142,3 +142,28 @@ def test_split_seeds_are_replicates_not_a_choice():
     for rec in runs:
         rec.tags["split_layout"] = "split"
     assert sorted(build_table(runs[:2]).configs[0].seeds) == ["1"]
+
+
+def test_a_report_covers_one_data_set_and_names_the_others(kfold_runs):
+    """Runs of two folders share no validation or test images (and their <class>/<file>
+    paths collide): the report keeps one data set, the newest run's unless --dataset says."""
+    from transferlab.report.build import one_dataset
+    from transferlab.report.collect import ReportError
+
+    old, new = kfold_runs[:2], kfold_runs[2:]
+    for rec in old:
+        rec.params["dataset.path"], rec.tags["dataset_id"] = "/data/pets", "aaaa11112222"
+    for rec in new:
+        rec.params["dataset.path"], rec.tags["dataset_id"] = "/data/shapes", "bbbb33334444"
+    kept, note = one_dataset(old + new)
+    assert kept == new
+    assert note.startswith("The selection holds runs on 2 data sets (pets (aaaa11): 2 run(s); "
+                           "shapes (bbbb33): 2 run(s)). This report covers shapes (bbbb33), the one "
+                           "with the newest run")
+    assert "--dataset NAME_OR_ID" in note
+    assert one_dataset(old + new, "pets")[0] == old and one_dataset(old + new, "aaaa")[0] == old
+    with pytest.raises(ReportError, match=r"--dataset 'cats' matches 0 .*pets \(aaaa11\)"):
+        one_dataset(old + new, "cats")
+    assert one_dataset(new) == (new, None)
+    # A configuration is chosen among that data set's runs only.
+    assert choose(build_table(kept)).chosen.runs == new

@@ -38,6 +38,9 @@ def _add_report(sub) -> None:
     p.add_argument("--baseline", metavar="KEY=VALUE", action="append", default=[],
                    help="baseline value of a swept key for the comparisons, e.g. lr=1e-4 "
                         "(repeatable; default: freeze=all, else the best by --metric)")
+    p.add_argument("--dataset", metavar="NAME_OR_ID",
+                   help="where the runs span several data sets: the one to report (folder "
+                        "name or dataset_id prefix; default: the newest run's)")
     p.set_defaults(func=_report)
 
 
@@ -56,7 +59,7 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         paths = write_report(args.tracking_uri, args.out, experiment=args.experiment,
                              sweep_id=args.sweep, filter_string=args.filter, run_ids=args.runs,
                              rows=args.rows, cols=args.cols, ui_url=args.ui_url,
-                             metric=args.metric, baselines=baselines)
+                             metric=args.metric, baselines=baselines, dataset=args.dataset)
     except (ReportError, ValueError) as exc:
         print(f"transferlab report: error: {exc}", file=sys.stderr)
         return 1

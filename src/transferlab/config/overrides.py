@@ -50,6 +50,11 @@ def check_override_keys(args: list[str]) -> None:
     own_configs = any(a.startswith(("-cd", "--config-dir", "-cp", "--config-path")) for a in argv) or any(
         "hydra.searchpath" in a for a in args)
     for arg in args:
+        home = re.match(r"([A-Za-z_][\w.]*)=~(/.*)?$", arg)
+        if home:  # the shell expands ~ only at a word's start; Hydra's grammar then fails on it
+            raise ConfigError(f"{arg}: the shell did not expand '~' here. Fix: "
+                              f"{home.group(1)}=$HOME{home.group(2) or ''} (the shell expands "
+                              "$HOME), or an absolute path.")
         m = re.match(r"([A-Za-z_][\w.]*)=", arg)  # not +key, ~key, hydra/launcher=, -m
         if m and not own_configs and m.group(1) in group_options():
             _check_group_option(arg, m.group(1))

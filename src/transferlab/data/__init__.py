@@ -41,7 +41,7 @@ def dataset_path(cfg) -> Path:
     """
     d = cfg.dataset
     if d.name != "synthetic":
-        return Path(d.path)
+        return Path(d.path).expanduser()
     from transferlab.data import synthetic
 
     classes = d.get("classes")

@@ -70,9 +70,51 @@ def _experiment_names(client: MlflowClient, ids) -> list[str]:
     return names
 
 
+def _dataset_name(rec) -> str:
+    path = rec.params.get("dataset.path")
+    name = Path(path).name if path not in (None, "None", "") else rec.params.get("dataset.name", "?")
+    return f"{name} ({(rec.tags.get('dataset_id') or 'untagged')[:6]})"
+
+
+def one_dataset(records: list, want: str | None = None) -> tuple[list, str | None]:
+    """The runs of one data set (tag ``dataset_id``) and a note when the selection held more.
+
+    Configurations are chosen on validation scores and paired on test images; runs on
+    two data sets share neither (and two folders' ``<class>/<file>`` paths collide), so a
+    report covers one: ``want`` (a folder name or a ``dataset_id`` prefix), else the one
+    with the newest run.
+
+    Raises:
+        ReportError: ``want`` matches no data set of the selection, or several.
+    """
+    groups: dict[str | None, list] = {}
+    for r in records:
+        groups.setdefault(r.tags.get("dataset_id"), []).append(r)
+    names = {k: _dataset_name(rs[0]) for k, rs in groups.items()}
+    listing = "; ".join(f"{names[k]}: {len(rs)} run(s)" for k, rs in groups.items())
+    if want:
+        hits = [k for k in groups if (k or "").startswith(want) or names[k].split(" (")[0] == want]
+        if len(hits) != 1:
+            raise ReportError(f"--dataset {want!r} matches {len(hits)} of the selection's data "
+                              f"sets ({listing}). Fix: a folder name or dataset_id prefix from that "
+                              "list that names one.")
+        key = hits[0]
+    elif len(groups) > 1:
+        key = max(groups, key=lambda k: max(r.start_time or 0 for r in groups[k]))
+    else:
+        return records, None
+    if len(groups) == 1:
+        return records, None
+    note = (f"The selection holds runs on {len(groups)} data sets ({listing}). This report covers "
+            f"{names[key]}{'' if want else ', the one with the newest run'}: configurations are "
+            "chosen, and test images paired, within one data set only. For another: "
+            "transferlab report --dataset NAME_OR_ID.")
+    return groups[key], note
+
+
 def build_context(client: MlflowClient, *, experiment=None, sweep_id=None, filter_string=None,
                   run_ids=None, rows=None, cols=None, ui_url=None, tracking_uri=None,
-                  metric=None, baselines=None):
+                  metric=None, baselines=None, dataset=None):
     """Reads the selection and computes everything the templates show.
 
     Returns (context, table, leaderboard rows).
@@ -82,6 +124,7 @@ def build_context(client: MlflowClient, *, experiment=None, sweep_id=None, filte
                        filter_string=filter_string, run_ids=run_ids)
     with tempfile.TemporaryDirectory(prefix="transferlab-report-") as tmp:
         records = load_runs(client, runs, tmp, history=(metric,))
+    records, data_note = one_dataset(records, dataset)
     flags = {r.run_id: f for r in records if (f := run_flags(r))}
     table = build_table(records, rows=rows, cols=cols, metric=metric, flags=flags)
     comparisons, no_baseline = compare(table, baselines)
@@ -102,7 +145,8 @@ def build_context(client: MlflowClient, *, experiment=None, sweep_id=None, filte
     context = dict(
         title=title, selection=selected, tracking_uri=render.redact(tracking_uri),
         metric=metric, direction=selection.direction(metric), chosen=chosen,
-        test_sets=sets, warnings=selection.imbalance_warnings(sets, metric),
+        test_sets=sets, warnings=[*([data_note] if data_note else []),
+                                  *selection.imbalance_warnings(sets, metric)],
         references=selection.reference_rows(table, sets), n_flagged=len(flags),
         n_runs=len(records), statuses=sorted(statuses.items()), table=table,
         constant=sorted(table.constant.items()), matrices=table.matrices,
@@ -136,7 +180,8 @@ def write_report(tracking_uri: str | None, out_dir: str | os.PathLike, *,
                  filter_string: str | None = None, run_ids: list[str] | None = None,
                  rows: str | None = None, cols: str | None = None,
                  ui_url: str | None = None, metric: str | None = None,
-                 baselines: dict[str, str] | None = None) -> dict[str, Path]:
+                 baselines: dict[str, str] | None = None,
+                 dataset: str | None = None) -> dict[str, Path]:
     """Writes report.html, report.md and leaderboard.csv for a selection of runs.
 
     Args:
@@ -151,6 +196,9 @@ def write_report(tracking_uri: str | None, out_dir: str | os.PathLike, *,
             one whose test score is the estimate (default ``val_acc``; see metric.py).
         baselines: ``{key: value}`` baseline values for comparisons along swept keys
             (default: ``freeze=all``, else the best by ``metric``).
+        dataset: where the selection holds runs on several data sets: the one to report
+            (folder name or ``dataset_id`` prefix; default the newest run's, with a
+            warning naming the others; ``one_dataset``).
 
     Returns:
         ``{"html": Path, "md": Path, "csv": Path, "json": Path}`` (``summary.json``:
@@ -158,7 +206,8 @@ def write_report(tracking_uri: str | None, out_dir: str | os.PathLike, *,
 
     Raises:
         ReportError: the selection matches no run or cannot be read; ``metric`` is not
-            a validation metric; a baseline names no swept key or value.
+            a validation metric; a baseline names no swept key or value; ``dataset``
+            names no data set of the selection.
         ValueError: ``rows``/``cols`` names no key of the runs.
     """
     tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -166,7 +215,7 @@ def write_report(tracking_uri: str | None, out_dir: str | os.PathLike, *,
     context, table, leaderboard = build_context(
         client, experiment=experiment, sweep_id=sweep_id, filter_string=filter_string,
         run_ids=run_ids, rows=rows, cols=cols, ui_url=ui_url, tracking_uri=tracking_uri,
-        metric=metric, baselines=baselines)
+        metric=metric, baselines=baselines, dataset=dataset)
     return render.write_files(Path(out_dir), context, table, leaderboard, ui_url)
 
 

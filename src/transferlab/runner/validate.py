@@ -237,11 +237,13 @@ def _validate_dataset(cfg: DictConfig) -> None:
     if not d.path:
         raise ConfigError(f"dataset={d.name} needs dataset.path=<folder with train/ validation/ test/, "
                           "train/ test/, or one sub-folder per class>.")
-    if not os.path.isdir(d.path):
+    path = os.path.expanduser(d.path)  # a quoted '~/...' reaches us unexpanded
+    if not os.path.isdir(path):
         where = (" Put the lecture data there as {train,validation,test}/{cats,dogs}/, or "
                  "point data_dir=<folder holding cats_dogs/> at it." if d.name == "cats_dogs" else "")
+        what = ("is a file, not a folder" if os.path.isfile(path) else "does not exist")
         raise ConfigError(
-            f"dataset.path={d.path!r} does not exist. It must hold train/, validation/ and "
+            f"dataset.path={d.path!r} {what}. It must be a folder holding train/, validation/ and "
             f"test/ (or train/ and test/), each with one sub-folder per class, or one sub-folder "
             f"per class (split by dataset.split).{where}"
         )
