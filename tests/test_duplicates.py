@@ -231,8 +231,9 @@ def test_error_mode_lists_the_pairs_and_the_fix(leaky):
         data.prepare(cfg_for(leaky, "error"))
     msg = str(e.value)
     assert "3 image pair(s)" in msg and str(leaky) in msg
-    assert "train/a/0.png = validation/a/copy.png (exact)" in msg
-    assert "train/a/1.png = test/b/resized.jpg (near, different label)" in msg
+    assert "train/a/0.png [train] = validation/a/copy.png [validation] (exact)" in msg
+    assert "train/a/1.png [train] = test/b/resized.jpg [test] (near, different label)" in msg
+    assert "within train" not in msg  # the pairs across splits only (the count says 3)
     assert "dataset.duplicates=drop" in msg
 
 

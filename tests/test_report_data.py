@@ -51,7 +51,7 @@ def test_data_section_per_fingerprint(store, tmp_path):
     assert "| cat | 60 | 10 | 20 |" in vgg and "| total | 80 | 15 | 40 |" in vgg
     assert "Train imbalance (largest / smallest class): 3.00" in vgg
     assert "image sizes (width x height, px): 40-500 x 30-375" in vgg
-    assert "> **Warning:** 4 validation/test image(s) repeat an image of an earlier split (1 under another label)" in vgg
+    assert "> **Warning:** 4 duplicate pair(s) across splits (a validation or test image repeats an image of an earlier split) (1 under another label)" in vgg
     mob = section[section.index("### Data fp-mob"):]
     assert "Images: train 70 · validation 12 · test 38." in mob and "| class |" not in mob
     assert "5 dropped from validation/test" in mob and "Warning" not in mob

@@ -60,11 +60,13 @@ def apply(info: DatasetInfo, mode: str) -> Prepared:
     found = dup.find(info)
     cross = found.cross
     if mode == "error" and cross:
-        shown = "; ".join(f"{p.path_a} = {p.path_b} ({p.kind}"
+        # Each path with its split: in a folder split by transferlab, train/a.png may be in validation.
+        shown = "; ".join(f"{p.path_a} [{p.split_a}] = {p.path_b} [{p.split_b}] ({p.kind}"
                           + ("" if p.same_label else ", different label") + ")" for p in cross[:5])
         raise DataError(
             f"dataset.duplicates=error: {len(cross)} image pair(s) in {info.path} repeat an image "
-            f"across splits ({found.summary()}): {shown}{' ...' if len(cross) > 5 else ''}. Test "
+            f"across splits ({dup.Duplicates(cross, found.threshold).summary()}): "
+            f"{shown}{' ...' if len(cross) > 5 else ''}. Test "
             "scores on copies of training images measure memory, not generalisation. Fix: delete "
             "or replace the copies, dataset.duplicates=drop to leave them out of validation/test, "
             "or dataset.duplicates=warn to train anyway.")
