@@ -117,6 +117,7 @@ def main() -> None:
             print(f"  distinct pairs ({len(d)}): min {d.min()}  1st percentile {np.percentile(d, 1):.0f}  "
                   f"median {np.median(d):.0f}  <= threshold {np.mean(d <= duplicates.NEAR_THRESHOLD):.3%}\n")
         _shapes(tmp, args.shapes)
+        _lookalikes(tmp, args.n)
     for n in (25_000, 100_000):
         h = rng.integers(0, 2**64, n, dtype=np.uint64)
         t0 = time.perf_counter()
@@ -136,6 +137,35 @@ def _shapes(tmp: Path, n: int) -> None:
     found = duplicates.find(info)
     print(f"## {len(h)} synthetic shapes, 64 px: {by_hash} distinct pairs within {t} bits by the hash "
           f"alone; after the thumbnail check: {len(found.pairs)} ({time.perf_counter() - t0:.2f} s)\n")
+
+
+def _lookalikes(tmp: Path, n: int) -> None:
+    """Distinct images that share a layout: one centred shape in a fixed colour per class, on
+    a random dark background, at a random size (36-64 px) - product photos on plain
+    backgrounds look like this. Every pair found is a false positive."""
+    from PIL import ImageDraw
+
+    from transferlab.data import scan
+
+    rng = np.random.default_rng(1)
+    colours = {"square": (40, 200, 40), "circle": (200, 40, 40), "tri": (40, 40, 200)}
+    for cls, colour in colours.items():
+        (tmp / "look" / cls).mkdir(parents=True)
+        for i in range(n):
+            side = int(rng.integers(36, 65))
+            im = Image.new("RGB", (side, side), tuple(int(v) for v in rng.integers(0, 80, 3)))
+            d, m = ImageDraw.Draw(im), side // 4
+            box = (m, m, side - m, side - m)
+            {"square": lambda: d.rectangle(box, fill=colour), "circle": lambda: d.ellipse(box, fill=colour),
+             "tri": lambda: d.polygon([(side // 2, m), (m, side - m), (side - m, side - m)], fill=colour)}[cls]()
+            im.save(tmp / "look" / cls / f"{i:03d}.png")
+    info = scan(tmp / "look", split=None)
+    h = np.array([int(e.phash, 16) for s in info.files.values() for e in s], dtype=np.uint64)
+    by_hash = len(duplicates.near_pairs(h)[0])
+    found = duplicates.find(info, cache_dir="")
+    print(f"## {len(h)} look-alikes (one shape per class, random background and size): {by_hash} "
+          f"distinct pairs within {duplicates.NEAR_THRESHOLD} bits by the hash alone; after the "
+          f"thumbnail check: {len(found.pairs)}\n")
 
 
 if __name__ == "__main__":

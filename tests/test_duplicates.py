@@ -114,6 +114,25 @@ def test_thumbnail_check_tells_edits_from_other_pictures():
     assert not duplicates.similar(a, None)
 
 
+def test_one_shape_on_other_backgrounds_is_not_a_copy():
+    """The same green square, centred, on two dark backgrounds of other hues (a new user's
+    product-photo-like classes): 0.98 correlated over the channels, yet not one picture
+    edited, so not a duplicate; the same picture brightened or darkened still is."""
+    def square(bg, side, lo, hi):  # the trial's two files: 41 and 55 px, square 6..39 and 8..53
+        a = np.full((side, side, 3), bg, np.uint8)
+        a[lo:hi + 1, lo:hi + 1] = (40, 200, 40)
+        return Image.fromarray(a)
+
+    thumb = lambda im: np.asarray(im.resize((16, 16), Image.BOX), float)  # noqa: E731
+    a, b = thumb(square((3, 29, 50), 41, 6, 39)), thumb(square((55, 40, 58), 55, 8, 53))
+    x, y = a.ravel() - a.mean(), b.ravel() - b.mean()
+    assert x @ y / np.sqrt((x @ x) * (y @ y)) > duplicates.MIN_CORRELATION  # what passed before
+    assert not duplicates.similar(a, b)
+    for factor in (0.85, 1.1):
+        edited = thumb(ImageEnhance.Brightness(square((3, 29, 50), 41, 6, 39)).enhance(factor))
+        assert duplicates.similar(a, edited), factor
+
+
 def test_reencoded_noise_texture_is_confirmed_by_its_coarse_means(tmp_path):
     """Re-encoding replaces pixel noise: the thumbnails of a noise image and its JPEG copy
     hardly correlate, yet their 4x4 block means agree; another noise image's do not."""
