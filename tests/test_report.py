@@ -320,8 +320,24 @@ def test_report_does_not_import_tensorflow(store, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def test_default_store_follows_transferlab_root_as_run_py_does(tmp_path, monkeypatch):
+    from transferlab.report.build import resolve_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "elsewhere"
+    (root / "mlruns").mkdir(parents=True)
+    (root / "mlruns" / "mlflow.db").write_bytes(b"")
+    monkeypatch.setenv("TRANSFERLAB_ROOT", str(root))
+    assert resolve_tracking_uri(None) == f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.delenv("TRANSFERLAB_ROOT")
+    with pytest.raises(ReportError, match=f"no MLflow store at {tmp_path / 'mlruns' / 'mlflow.db'}"):
+        resolve_tracking_uri(None)
+
+
 def test_missing_sqlite_store_is_an_error_not_a_new_database(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TRANSFERLAB_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ReportError, match="no MLflow store at"):
         write_report(None, tmp_path / "out", experiment="x")

@@ -19,7 +19,8 @@ def _add_report(sub) -> None:
                     "stands alone (a sweep's parent run id stands for its jobs).")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
-                        "project's store sqlite:///mlruns/mlflow.db)")
+                        "project's store sqlite:///$TRANSFERLAB_ROOT/mlruns/mlflow.db, the "
+                        "working directory's without it)")
     p.add_argument("--experiment", metavar="NAME", help="all runs of this experiment")
     p.add_argument("--sweep", metavar="ID", help="the runs tagged sweep_id=ID")
     p.add_argument("--filter", metavar="F",
@@ -80,7 +81,8 @@ def _add_predict(sub) -> None:
                     "then the top-K list. Unreadable images are reported and skipped (exit 1).")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI for --run (default: $MLFLOW_TRACKING_URI, else the "
-                        "project's store sqlite:///mlruns/mlflow.db)")
+                        "project's store sqlite:///$TRANSFERLAB_ROOT/mlruns/mlflow.db, the "
+                        "working directory's without it)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", metavar="ID",
                        help="MLflow run id of a job logged with tracking.log_model=true, or "
@@ -183,7 +185,8 @@ def _add_export(sub) -> None:
                     "the run (metrics export.<format>.*, artifacts export/<format>/).")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
-                        "project's store sqlite:///mlruns/mlflow.db)")
+                        "project's store sqlite:///$TRANSFERLAB_ROOT/mlruns/mlflow.db, the "
+                        "working directory's without it)")
     p.add_argument("--run", required=True, metavar="ID",
                    help="MLflow run id of a job logged with tracking.log_model=true, or "
                         "latest:<experiment>")

@@ -162,10 +162,13 @@ def build_context(client: MlflowClient, *, experiment=None, sweep_id=None, filte
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """``uri``, else MLFLOW_TRACKING_URI, else the project's default store
-    ``sqlite:///<cwd>/mlruns/mlflow.db``. A SQLite store must already exist:
+    ``sqlite:///<root>/mlruns/mlflow.db`` (root: ``$TRANSFERLAB_ROOT``, else the working
+    directory, as run.py's ``root_dir``). A SQLite store must already exist:
     reading a report never creates an empty database by accident.
     """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.resolve()}"
+    # Where run.py writes by default: root_dir = $TRANSFERLAB_ROOT, else the working directory.
+    root = Path(os.environ.get("TRANSFERLAB_ROOT") or ".").expanduser()
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / DEFAULT_STORE).resolve()}"
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.is_file():
