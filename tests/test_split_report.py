@@ -167,3 +167,14 @@ def test_a_report_covers_one_data_set_and_names_the_others(kfold_runs):
     assert one_dataset(new) == (new, None)
     # A configuration is chosen among that data set's runs only.
     assert choose(build_table(kept)).chosen.runs == new
+
+
+def test_run_names_tell_split_seeds_apart(compose):
+    from conftest import TINY
+    from transferlab.runner.tracking import run_name
+
+    base = run_name(compose(TINY))
+    assert base == "mobilenetv3small-all-lr0.0001-s42"  # the default split seed 0: unchanged
+    assert run_name(compose([*TINY, "dataset.split_seed=3"])) == base + "-split3"
+    assert run_name(compose([*TINY, "dataset.folds=2", "dataset.fold=1", "dataset.split_seed=3"])) == (
+        base + "-f1-split3")

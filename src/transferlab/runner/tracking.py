@@ -323,10 +323,14 @@ def config_hash(cfg: DictConfig, extra: dict | None = None) -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """``<backbone>-<freeze label>-lr<lr>-s<seed>[-f<fold>]``, the job run's name."""
+    """``<backbone>-<freeze label>-lr<lr>-s<seed>[-f<fold>][-split<split seed>]``, the job
+    run's name (the split seed where it is not the default 0: jobs on other random
+    splits of one folder are told apart)."""
     fold = cfg.dataset.get("fold")
+    split = cfg.dataset.get("split_seed")
     return (f"{cfg.backbone.name}-{freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)}"
-            f"-lr{cfg.lr:g}-s{cfg.seed}" + (f"-f{fold}" if fold is not None else ""))
+            f"-lr{cfg.lr:g}-s{cfg.seed}" + (f"-f{fold}" if fold is not None else "")
+            + (f"-split{split}" if split not in (None, 0) else ""))
 
 
 def find_runs(c, experiment_id: str, chash: str, status: str | None = None):
