@@ -13,7 +13,7 @@ from transferlab.report.collect import ROLE_TAG, ReportError, load_runs, select_
 from transferlab.report.flags import run_flags
 from transferlab.report.metric import check_metric
 from transferlab.report.significance import compare
-from transferlab.report.table import build_table
+from transferlab.report.table import build_table, dataset_label
 
 DEFAULT_STORE = Path("mlruns") / "mlflow.db"   # the project's default (conf/tracking)
 
@@ -70,12 +70,6 @@ def _experiment_names(client: MlflowClient, ids) -> list[str]:
     return names
 
 
-def _dataset_name(rec) -> str:
-    path = rec.params.get("dataset.path")
-    name = Path(path).name if path not in (None, "None", "") else rec.params.get("dataset.name", "?")
-    return f"{name} ({(rec.tags.get('dataset_id') or 'untagged')[:6]})"
-
-
 def one_dataset(records: list, want: str | None = None) -> tuple[list, str | None]:
     """The runs of one data set (tag ``dataset_id``) and a note when the selection held more.
 
@@ -90,7 +84,9 @@ def one_dataset(records: list, want: str | None = None) -> tuple[list, str | Non
     groups: dict[str | None, list] = {}
     for r in records:
         groups.setdefault(r.tags.get("dataset_id"), []).append(r)
-    names = {k: _dataset_name(rs[0]) for k, rs in groups.items()}
+    if len(groups) <= 1 and not want:
+        return records, None
+    names = {k: dataset_label(rs[0]) for k, rs in groups.items()}
     listing = "; ".join(f"{names[k]}: {len(rs)} run(s)" for k, rs in groups.items())
     if want:
         hits = [k for k in groups if (k or "").startswith(want) or names[k].split(" (")[0] == want]
@@ -99,10 +95,8 @@ def one_dataset(records: list, want: str | None = None) -> tuple[list, str | Non
                               f"sets ({listing}). Fix: a folder name or dataset_id prefix from that "
                               "list that names one.")
         key = hits[0]
-    elif len(groups) > 1:
-        key = max(groups, key=lambda k: max(r.start_time or 0 for r in groups[k]))
     else:
-        return records, None
+        key = max(groups, key=lambda k: max(r.start_time or 0 for r in groups[k]))  # the newest
     if len(groups) == 1:
         return records, None
     note = (f"The selection holds runs on {len(groups)} data sets ({listing}). This report covers "

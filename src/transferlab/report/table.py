@@ -53,10 +53,15 @@ def fields_of(rec: RunRecord) -> dict[str, str | None]:
     # The data set (tag dataset_id, the same for every fold): runs on two folders are two
     # configurations, never replicates of one, whatever their other params.
     if rec.tags.get("dataset_id"):
-        path = rec.params.get("dataset.path")
-        name = Path(path).name if path not in (None, "None", "") else rec.params.get("dataset.name", "")
-        out["data"] = f"{name} ({rec.tags['dataset_id'][:6]})"
+        out["data"] = dataset_label(rec)
     return out
+
+
+def dataset_label(rec: RunRecord) -> str:
+    """``<folder name> (<first 6 of dataset_id>)``: the data set a run learnt from."""
+    path = rec.params.get("dataset.path")
+    name = Path(path).name if path not in (None, "None", "") else rec.params.get("dataset.name", "")
+    return f"{name} ({(rec.tags.get('dataset_id') or 'untagged')[:6]})"
 
 
 def fold_of(rec: RunRecord) -> str | None:
