@@ -163,12 +163,7 @@ def check_files(root: Path, rels: list[str], cache: Path, max_pixels: int | None
     """
     index = cache / "scan.json"
     header = {"version": _CACHE_VERSION, "pillow": PIL.__version__, "max_pixels": max_pixels}
-    try:
-        old = json.loads(index.read_text())
-        valid = all(old.get(k) == v for k, v in header.items())
-        known = old["files"] if valid else {}
-    except (OSError, ValueError, KeyError, AttributeError):
-        known = {}
+    known = read_cache(index, header, "files")
     entries, todo = {}, []
     for rel in rels:
         entries[rel] = _stat(root / rel)
@@ -179,11 +174,28 @@ def check_files(root: Path, rels: list[str], cache: Path, max_pixels: int | None
     for rel, v in zip(todo, _map(lambda r: check(root / r, max_pixels), todo, progress)):
         entries[rel] += [v.kind, v.detail, v.digest, v.orientation, v.width, v.height, v.phash]
     if entries != known:
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = index.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**header, "files": entries}))
-            os.replace(tmp, index)
-        except OSError as e:  # a cache we cannot write only costs time
-            log.warning("cannot write the scan cache %s: %s", index, e)
+        write_cache(index, header, "files", entries, "scan cache")
     return {rel: Verdict(*e[2:]) for rel, e in entries.items()}
+
+
+def read_cache(index: Path, header: dict, field: str) -> dict:
+    """``field`` of a JSON cache file in the data set's cache folder (``write_cache``); {}
+    when it is missing, unreadable or was written under another ``header``."""
+    try:
+        old = json.loads(index.read_text())
+        return old[field] if all(old.get(k) == v for k, v in header.items()) else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def write_cache(index: Path, header: dict, field: str, body: dict, what: str) -> None:
+    """Writes ``{**header, field: body}`` to ``index`` through a temporary file (readers
+    never see half a file; of parallel writers the last wins). A cache that cannot be
+    written only costs time: a warning naming ``what``."""
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**header, field: body}))
+        os.replace(tmp, index)
+    except OSError as e:
+        log.warning("cannot write the %s %s: %s", what, index, e)

@@ -14,9 +14,6 @@ pair is read once per data set, whichever job, split or fold asks.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,6 @@ MAX_COARSE_DIFF = 4.0  # mean absolute difference of their 4x4 block means, in 0
 MIN_CHANNEL_STD = 4.0  # a channel varying less (levels) in either thumbnail has no say
 MAX_GAIN_RATIO = 1.25  # brightness/contrast edits scale every channel alike; look-alikes do not
 VERDICTS = "near_verdicts.json"
-log = logging.getLogger(__name__)
 
 
 def thumbnail(path: str) -> np.ndarray | None:
@@ -103,14 +99,10 @@ def confirm(pairs: list[tuple[tuple[str, str], tuple[str, str]]], cache: Path | 
     header = {"min_correlation": MIN_CORRELATION, "max_coarse_diff": MAX_COARSE_DIFF,
               "min_channel_std": MIN_CHANNEL_STD, "max_gain_ratio": MAX_GAIN_RATIO,
               "pillow": PIL.__version__}  # another decoder may give other thumbnails
+    from transferlab.data.imagecheck import read_cache, write_cache
+
     index = Path(cache) / VERDICTS if cache else None
-    known: dict[str, bool] = {}
-    if index is not None:
-        try:
-            old = json.loads(index.read_text())
-            known = old["verdicts"] if all(old.get(k) == v for k, v in header.items()) else {}
-        except (OSError, ValueError, KeyError, TypeError):
-            known = {}
+    known: dict[str, bool] = read_cache(index, header, "verdicts") if index is not None else {}
     keys = [":".join(sorted((a[1], b[1]))) if a[1] and b[1] else "" for a, b in pairs]
     thumbs: dict[str, np.ndarray | None] = {}
     out, new = np.zeros(len(pairs), bool), {}
@@ -124,12 +116,6 @@ def confirm(pairs: list[tuple[tuple[str, str], tuple[str, str]]], cache: Path | 
         out[k] = similar(thumbs[sa], thumbs[sb])
         if keys[k] and thumbs[sa] is not None and thumbs[sb] is not None:  # unreadable: ask again
             new[keys[k]] = bool(out[k])
-    if index is not None and new:
-        try:
-            index.parent.mkdir(parents=True, exist_ok=True)
-            tmp = index.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**header, "verdicts": {**known, **new}}))
-            os.replace(tmp, index)  # parallel jobs: the last writer wins; a lost verdict is recomputed
-        except OSError as e:
-            log.warning("cannot write the duplicate cache %s: %s", index, e)
+    if index is not None and new:  # parallel jobs: the last writer wins; a lost verdict is recomputed
+        write_cache(index, header, "verdicts", {**known, **new}, "duplicate cache")
     return out
