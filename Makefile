@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PYTEST_ARGS ?= --durations=30
+# 3 workers on 2 cores (tests/conftest.py: one worker per module unless it spreads); the
+# 30 slowest tests and the suite's time against its budget are printed at the end.
+PYTEST_ARGS ?= -n 3 --dist loadgroup --durations=30
 
 .PHONY: install install-test chromium postgresql fonts demo test test-fast tracking-server ui clean
 
@@ -56,8 +58,9 @@ demo: install
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The loop after each change (<= 5 min): no `slow` test, and an unmarked test over 30 s fails it.
 test-fast: install-test
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" --strict-budget $(PYTEST_ARGS)
 
 # A shared MLflow server on PostgreSQL in ./tracking-server (README: "Beyond one machine").
 tracking-server: install postgresql

@@ -1,6 +1,7 @@
 """Shared fixtures: Hydra compose API over conf/, tiny offline settings."""
 
 import os
+import time
 import sys
 from pathlib import Path
 
@@ -41,3 +42,80 @@ def compose(tmp_path):
             return hydra_compose("config", overrides=[f"root_dir={root}", *overrides])
 
     return _compose
+
+
+# --- The suite's budget (issue 22) -------------------------------------------------------
+# A test (setup + call + teardown) over SLOW_AFTER_S must be marked `slow` and say why in
+# its docstring; the suite's wall time is printed against SUITE_BUDGET_S (README: Tests).
+# `--strict-budget` (make test-fast) turns a violation into a failed run; CI's `make test`
+# only reports it, since a loaded machine can push a test over the line.
+SLOW_AFTER_S = float(os.environ.get("TRANSFERLAB_SLOW_AFTER_S", 30))
+SUITE_BUDGET_S = 15 * 60
+_SUITE_START = time.time()
+_spent: dict[str, float] = {}
+_info: dict[str, tuple[bool, bool]] = {}
+
+
+# Under pytest-xdist (`make test` runs `-n 3 --dist loadgroup`): a module is one group, run
+# by one worker, so its module fixtures (a trained store, a server, test_errors' parallel
+# subprocess matrix) are built once and its tests share them. The modules below have no
+# costly shared fixture and hold many independent builds or sweeps: their tests spread.
+SPREAD = {"test_weights_routes", "test_backbones", "test_freeze", "test_api", "test_trust",
+          "test_sweep_e2e", "test_bench", "test_speed_switches", "test_featcache",
+          "test_speed_cuts", "test_train", "test_resume", "test_pretrained"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+        if module not in SPREAD and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--strict-budget", action="store_true",
+                     help=f"fail the run when an unmarked test takes over {SLOW_AFTER_S:g} s")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    rep = (yield).get_result()
+    fn = getattr(item, "function", None)
+    rep.user_properties.append(("budget", (item.get_closest_marker("slow") is not None,
+                                           bool(fn is not None and (fn.__doc__ or "").strip()))))
+
+
+def pytest_runtest_logreport(report):
+    # Runs in the controller for xdist's workers' reports too: one tally for the session.
+    _spent[report.nodeid] = _spent.get(report.nodeid, 0.0) + report.duration
+    for key, value in report.user_properties:
+        if key == "budget":
+            _info[report.nodeid] = tuple(value)
+
+
+def _violations() -> list[tuple[str, float, str]]:
+    out = []
+    for nodeid, seconds in sorted(_spent.items(), key=lambda kv: -kv[1]):
+        slow, doc = _info.get(nodeid, (False, False))
+        if seconds > SLOW_AFTER_S and not (slow and doc):
+            out.append((nodeid, seconds, "not marked slow" if not slow else "slow without a docstring"))
+    return out
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    if session.config.getoption("--strict-budget", False) and _violations() and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _spent:
+        return
+    tr = terminalreporter
+    wall = time.time() - _SUITE_START
+    tr.section("suite budget")
+    tr.write_line(f"suite wall time {wall:.0f} s (budget {SUITE_BUDGET_S} s: "
+                  f"{'within' if wall <= SUITE_BUDGET_S else 'OVER'}); "
+                  f"tests' own time {sum(_spent.values()):.0f} s")
+    for nodeid, seconds, why in _violations():
+        tr.write_line(f"over {SLOW_AFTER_S:g} s, {why}: {nodeid} ({seconds:.1f} s)")
