@@ -22,7 +22,9 @@ def _cli_run(root, *overrides):
     return c, run
 
 
+@pytest.mark.slow
 def test_train_and_sweep_write_what_the_cli_writes(tmp_path, monkeypatch):
+    """Slow: three trainings (API, CLI, a sweep) and a report: ~50 s on 2 cores."""
     import transferlab
 
     overrides = [*TINY, "trainer.epochs=2", f"root_dir={tmp_path / 'api'}"]

@@ -140,7 +140,9 @@ def test_ray_four_job_sweep_one_store(tmp_path, ray_cluster):
 
 # -- submitit ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_submitit_local_two_job_sweep(tmp_path):
+    """Slow: submitit's own job processes: ~35 s on 2 cores."""
     need("hydra_plugins.hydra_submitit_launcher.submitit_launcher", "submitit")
     p, wall = sweep(tmp_path, "freeze=all,last4", "hydra/launcher=submitit_local")
     out = p.stdout + p.stderr
@@ -152,8 +154,11 @@ def test_submitit_local_two_job_sweep(tmp_path):
 
 # -- Optuna sweeper ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_optuna_lr_search_preset(tmp_path):
-    """experiment=lr_search: 3 Optuna trials over lr, each an MLflow run, a best value found."""
+    """experiment=lr_search: 3 Optuna trials over lr, each an MLflow run, a best value found.
+
+    Slow: three Optuna trials: ~30 s on 2 cores."""
     need("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper", "optuna")
     p, _ = sweep(tmp_path, "experiment=lr_search", "hydra.sweeper.n_trials=3")
     out = p.stdout + p.stderr

@@ -46,7 +46,9 @@ def _job_steps(db):
         return {}
 
 
+@pytest.mark.slow
 def test_kill_during_job_2_then_rerun_resumes_without_duplicates(tmp_path):
+    """Slow: a killed sweep and its rerun: ~45 s on 2 cores."""
     db = tmp_path / "mlruns" / "mlflow.db"
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -111,7 +113,9 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_kill_between_first_logged_epoch_and_first_backup_keeps_the_run(tmp_path):
+    """Slow: a killed sweep and its rerun: ~25-40 s on 2 cores."""
     args = ["-m", *TINY, "trainer.epochs=2", "runtime.isolate=off", f"root_dir={tmp_path}",
             f"hydra.sweep.dir={tmp_path}/multirun"]
     p = subprocess.run([sys.executable, "-c", DIE_AT_FIRST_BACKUP, *args], cwd=ROOT,

@@ -99,13 +99,15 @@ def test_offline_imagenet_weights_fail_fast_with_a_way_out(tmp_path):
     assert wall < 120, f"offline failure took {wall:.0f} s"
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_over_a_six_job_sweep(tmp_path):
     """Jobs run in worker processes replaced every 2 jobs: RSS cannot pile up.
 
     Measured in one process without isolation: +60 MB per MobileNetV3Small job
     (1161 -> 1587 MB over 8 jobs) despite clear_session(). Stated bound here:
     no job's process exceeds the lightest job's RSS by more than 200 MB.
-    """
+
+    Slow: six jobs in replaced workers: ~45 s on 2 cores."""
     p, c = sweep(tmp_path, "seed=1,2,3,4,5,6", "freeze=all", "runtime.jobs_per_process=2")
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     _, children = runs_of(c)
@@ -115,8 +117,11 @@ def test_memory_stays_bounded_over_a_six_job_sweep(tmp_path):
     assert len({r.data.tags["pid"] for r in children}) == 3  # 2 jobs per worker
 
 
+@pytest.mark.slow
 def test_joblib_launcher_two_at_a_time_on_one_sqlite_store(tmp_path):
-    """4 jobs, 2 processes at once, one fresh SQLite store: no lock errors, nothing lost."""
+    """4 jobs, 2 processes at once, one fresh SQLite store: no lock errors, nothing lost.
+
+    Slow: four jobs on joblib: ~30 s on 2 cores."""
     p, c = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                  "seed=1,2,3,4", "trainer.epochs=2", timeout=420)
     out = p.stdout + p.stderr

@@ -69,7 +69,9 @@ def tracking_server():
     assert not (pg.data / "postmaster.pid").exists()
 
 
+@pytest.mark.slow
 def test_sweep_logs_over_http_to_postgres_backed_server(tmp_path, tracking_server):
+    """Slow: a sweep over HTTP to a PostgreSQL-backed server: ~30 s on 2 cores."""
     url = tracking_server.url
     work = tmp_path / "worker"  # as a worker on another host: no store of its own
     work.mkdir()

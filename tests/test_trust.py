@@ -13,6 +13,7 @@ import sys
 
 import mlflow
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY
@@ -50,13 +51,15 @@ def _curve(c, run, name="loss"):
     return [m.value for m in sorted(c.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
 
 
+@pytest.mark.slow
 def test_the_seed_alone_fixes_a_jobs_numbers(tmp_path):
     """freeze=last4 alone == freeze=last4 as the 2nd job of a sweep in the same worker.
 
     Measured before the fix on ../shared/cases/reproducibility.py data: alone
     test_acc 0.6875 / loss 0.8195, as the 2nd job 0.8125 / 0.3969 (the shuffle
     was built before the seed was set).
-    """
+
+    Slow: a job alone and a 2-job sweep, compared: ~35 s on 2 cores."""
     data = _folder(tmp_path / "data")
     ds = ["dataset=folder", f"dataset.path={data}", "runtime.feature_cache=off"]
     p, c = _run(tmp_path / "sweep", *ds, "freeze=all,last4")
@@ -73,7 +76,9 @@ def test_the_seed_alone_fixes_a_jobs_numbers(tmp_path):
         assert alone.data.metrics[name] == in_sweep["last4"].data.metrics[name], name
 
 
+@pytest.mark.slow
 def test_changed_data_reruns_and_runtime_settings_do_not(tmp_path):
+    """Slow: four sweeps over two data folders: ~60 s on 2 cores."""
     data = _folder(tmp_path / "data")
     ds = ["dataset=folder", f"dataset.path={data}"]
     p, c = _run(tmp_path, *ds, "freeze=all")
@@ -106,9 +111,12 @@ def test_changed_data_reruns_and_runtime_settings_do_not(tmp_path):
     assert jobs[0].info.run_id == first.info.run_id
 
 
+@pytest.mark.slow
 def test_one_config_spelt_twice_is_one_job(tmp_path):
     """Before: the second run of this sweep skipped both twins under one key and called
-    the sweep FAILED ("1 failed before their run started", exit 1)."""
+    the sweep FAILED ("1 failed before their run started", exit 1).
+
+    Slow: two sweeps: ~30 s on 2 cores."""
     for attempt in (1, 2):  # the second time both twins are skipped
         p, c = _run(tmp_path, "lr=1e-3,0.001")
         out = p.stdout + p.stderr
