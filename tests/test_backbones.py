@@ -13,7 +13,8 @@ LECTURE_TABLE = ["xception", "vgg16", "vgg19", "resnet50", "resnet50v2", "resnet
                  "resnet101v2", "resnet152", "resnet152v2", "inceptionv3", "inceptionresnetv2",
                  "mobilenet", "mobilenetv2", "densenet121", "densenet169", "densenet201",
                  "nasnetmobile"]
-# Over ~1.5 s to build on 2 cores each: built in the slow test.
+# Over ~1.5 s to build on 2 cores each: built (and run) by test_weights_routes' slow
+# test_every_backbone_file_route_and_graph, which builds every entry anyway.
 LARGE = {n for n, s in BACKBONES.items() if s.num_layers > 400 or n.startswith("convnext")
          and n != "convnexttiny"}
 
@@ -51,12 +52,6 @@ def _build_and_check(name):
 @pytest.mark.parametrize("name", sorted(set(BACKBONES) - LARGE))
 def test_entry_builds_at_its_minimum_size(name):
     _build_and_check(name)
-
-
-@pytest.mark.slow
-def test_large_entries_build():
-    for name in sorted(LARGE):
-        _build_and_check(name)
 
 
 @pytest.mark.parametrize("name,below", [("vgg19", 31), ("inceptionv3", 74), ("xception", 70)])

@@ -150,7 +150,8 @@ def test_predict_weights_route_is_keras_imagenet_path(tmp_path):
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_file_route_and_graph(name, tmp_path):
     """All 40: the file route and a random init get Keras' ImageNet graph; the file route
-    computes what Keras' own path computes. (CI budget: the copy routes, which share one
+    computes what Keras' own path computes, the random init a finite forward pass (the
+    large entries' only build: test_backbones builds the others at their minimum size). (CI budget: the copy routes, which share one
     code path across backbones, are checked per family below, not on all 40.)"""
     t0 = time.perf_counter()
     size = _size(name)
@@ -166,6 +167,10 @@ def test_every_backbone_file_route_and_graph(name, tmp_path):
         assert len(got.layers) == BACKBONES[name].num_layers
         if what == "file":
             _same(ref, got, name, size, "backbone.weights=<file>")
+        else:  # random init runs on its own preprocessing (test_backbones builds the small ones)
+            x = registry.preprocess_fn(name)(np.full((1, size, size, 3), 127.0, "float32"))
+            y = got(x, training=False)
+            assert y.shape[0] == 1 and y.shape[-1] > 0 and np.isfinite(np.asarray(y)).all(), name
         del got
     del ref
     keras.backend.clear_session()  # frees the large ones before the next (ConvNeXtXLarge: 350M weights)
