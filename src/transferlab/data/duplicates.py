@@ -256,7 +256,9 @@ def drop(info: DatasetInfo, dups: Duplicates) -> DatasetInfo:
     Removed: validation and test images that copy a train image, and test images
     that copy a validation image (exact or near); train is never changed, and
     duplicates within one split stay. ``dups.dropped`` lists what went. The
-    result's ``fingerprint()`` and counts describe what is used.
+    result's ``fingerprint()`` and counts describe what is used; its ``dataset_id()`` stays
+    the scan's, so the folds and split seeds of one folder, which drop different copies,
+    remain replicates on one data set.
 
     Raises:
         DataError: a class of validation or test would be left without an image.
@@ -277,4 +279,4 @@ def drop(info: DatasetInfo, dups: Duplicates) -> DatasetInfo:
             f"({len(gone)} copies of images in an earlier split dropped: "
             f"{'; '.join(dups.dropped[:5])}{' ...' if len(gone) > 5 else ''}). Fix: put distinct "
             "images there, or dataset.duplicates=warn to train on the data as it is.")
-    return replace(info, files=files, counts=counts)
+    return replace(info, files=files, counts=counts, source_id=info.dataset_id())

@@ -82,6 +82,8 @@ class DatasetInfo:
         layout: ``"split"``, ``"train_test"`` or ``"flat"`` (layout.py).
         folds: With ``dataset.folds``: every train + validation image's fold,
             by ``rel``; else empty.
+        source_id: ``dataset_id()`` of the scan this was derived from (set by
+            ``duplicates.drop``); empty for a scan itself.
     """
 
     path: Path
@@ -91,6 +93,7 @@ class DatasetInfo:
     skipped: list[str]
     layout: str = layout.SPLIT
     folds: dict[str, int] = field(default_factory=dict)
+    source_id: str = ""
 
     def rotated(self) -> list[str]:
         """Paths (relative to the dataset) of the kept images an EXIF tag turns upright."""
@@ -116,8 +119,12 @@ class DatasetInfo:
 
         ``fingerprint()`` differs per fold (it hashes the assignment too); the report keeps
         runs of different data sets apart with this one (tag ``dataset_id``), so two
-        folders are never averaged as replicates of one configuration.
+        folders are never averaged as replicates of one configuration. After
+        ``dataset.duplicates=drop`` it is the scan's: each fold (and split seed) drops other
+        copies, yet its runs are replicates on one data set.
         """
+        if self.source_id:
+            return self.source_id
         rows = sorted(f"{e.rel}\0{e.label}\0{e.digest}" for s in SPLITS for e in self.files[s])
         return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
