@@ -8,12 +8,13 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from transferlab.report import confusion, datasection, fonts, gallery, plots, render, selection
+from transferlab.report import (confusion, datasection, folds, fonts, gallery, plots, render,
+                                selection)
 from transferlab.report.collect import ROLE_TAG, ReportError, load_runs, select_runs
 from transferlab.report.flags import run_flags
 from transferlab.report.metric import check_metric
 from transferlab.report.significance import compare
-from transferlab.report.table import build_table, dataset_label
+from transferlab.report.table import build_table, config_label, dataset_label
 
 DEFAULT_STORE = Path("mlruns") / "mlflow.db"   # the project's default (conf/tracking)
 
@@ -140,7 +141,9 @@ def build_context(client: MlflowClient, *, experiment=None, sweep_id=None, filte
         title=title, selection=selected, tracking_uri=render.redact(tracking_uri),
         metric=metric, direction=selection.direction(metric), chosen=chosen,
         test_sets=sets, warnings=[*([data_note] if data_note else []),
-                                  *selection.imbalance_warnings(sets, metric)],
+                                  *selection.imbalance_warnings(sets, metric),
+                                  *(line for cfg in table.configs for line in folds.missing(
+                                      cfg, config_label(cfg, table.axes) or "the configuration"))],
         references=selection.reference_rows(table, sets), n_flagged=len(flags),
         n_runs=len(records), statuses=sorted(statuses.items()), table=table,
         constant=sorted(table.constant.items()), matrices=table.matrices,

@@ -28,7 +28,6 @@ PARENT_TAG = "mlflow.parentRunId"
 SKIPPED_PREFIX = "skipped."
 HISTORY_KEYS = ("acc", "val_acc", "loss", "val_loss", "phase", "val_balanced_acc")
 PREDICTIONS = "test_predictions.csv"
-VAL_PREDICTIONS = "val_predictions.csv"  # k-fold runs: their fold's (out-of-fold) predictions
 CLASSES = "classes.json"
 _PAGE = 1000
 _PROGRESS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -66,7 +65,6 @@ class RunRecord:
     classes: list[str] | None = None
     predictions: Predictions | None = None
     notes: list[str] = field(default_factory=list)
-    val_predictions: Predictions | None = None  # k-fold runs only
 
     @property
     def finished(self) -> bool:
@@ -244,11 +242,6 @@ def _artifacts(client: MlflowClient, rec: RunRecord, workdir: Path) -> None:
         rec.predictions = parse_predictions(_download(client, rec, PREDICTIONS, dst))
     except Exception as exc:
         rec.notes.append(f"{PREDICTIONS} not read: {_short(exc)}")
-    if rec.params.get("dataset.fold") not in (None, "None", "null"):
-        try:
-            rec.val_predictions = parse_predictions(_download(client, rec, VAL_PREDICTIONS, dst))
-        except Exception as exc:
-            rec.notes.append(f"{VAL_PREDICTIONS} not read: {_short(exc)}")
 
 
 def _short(exc: Exception) -> str:

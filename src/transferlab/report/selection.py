@@ -15,10 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats as _st
 
+from transferlab.report import stats
 from transferlab.report.metric import higher_is_better, rank_key
-from transferlab.report.stats import t_interval
 from transferlab.report.table import Config, Table, config_label
 
 IMBALANCE_WARN = 1.5   # largest / smallest class of the test split
@@ -64,21 +63,39 @@ def choose(table: Table) -> Selection:
         sel.note = (f"tied on {table.metric} with {len(ties)} other configuration(s) "
                     f"({config_label(ties[0], table.axes)}); shown: the one with more seeds, "
                     "else the first in display order")
-    accs = [r.metrics["test_acc"] for r in best.runs]
-    if len(accs) >= 2:
-        iv = t_interval(accs)
-        sel.interval = (max(0.0, iv.low), min(1.0, iv.high))  # an accuracy stays in [0, 1]
-        sel.interval_kind = (f"t-interval over {len(accs)} seeds" if not sel.n_folds else
-                             f"t-interval over {len(accs)} runs ({sel.n_folds} folds; their "
-                             "training sets overlap, so it is narrower than new data would give)")
-    else:
-        n = int(best.runs[0].metrics.get("test_images") or (
-            len(best.runs[0].predictions.paths) if best.runs[0].predictions else 0))
-        if n:
-            ci = _st.binomtest(int(round(accs[0] * n)), n).proportion_ci(method="wilson")
-            sel.interval = (float(ci.low), float(ci.high))
-            sel.interval_kind = f"Wilson interval, {n} test images, one training run"
+    sel.interval, sel.interval_kind = accuracy_interval(best)
     return sel
+
+
+def accuracy_interval(cfg: Config) -> tuple[tuple[float, float] | None, str]:
+    """The 95% interval of a configuration's test accuracy, and what it is.
+
+    The unit is the test image: one run gives the Wilson interval over its test images;
+    several (seeds, folds, split seeds) a bootstrap over the test images of each image's
+    correctness averaged over the runs on its test set (stats.accuracy_ci), so it covers
+    test-set sampling, which a t-interval over the runs' accuracies on one test set does
+    not (identical seeds would give it zero width).
+    """
+    runs = [r for r in cfg.runs if r.predictions is not None and len(r.predictions.paths)]
+    if len(cfg.runs) == 1:
+        r = cfg.runs[0]
+        n = int(r.metrics.get("test_images") or (len(r.predictions.paths) if runs else 0))
+        if not n:
+            return None, ""
+        return stats.wilson(round(r.metrics["test_acc"] * n), n), (
+            f"Wilson interval, {n} test images, one training run")
+    if len(runs) < len(cfg.runs) or not runs:
+        return None, (f"no interval: {len(cfg.runs) - len(runs)} of {len(cfg.runs)} runs have "
+                      "no test predictions")
+    by_set: dict[tuple, list] = defaultdict(list)
+    for r in runs:
+        by_set[tuple(r.predictions.paths)].append(r.predictions.correct)
+    _, low, high = stats.accuracy_ci([(list(p), np.array(c, bool)) for p, c in by_set.items()])
+    n = len({p for paths in by_set for p in paths})
+    sets = f"{len(by_set)} test sets, " if len(by_set) > 1 else ""
+    folds = f" ({cfg.n_folds} folds x seeds)" if cfg.n_folds else ""
+    return (low, high), (f"bootstrap over {sets}{n} test images of each image's correctness "
+                         f"averaged over {len(runs)} runs{folds}")
 
 
 @dataclass

@@ -6,25 +6,28 @@ group every value of the key is compared with the group's baseline value:
 ``freeze=all`` (transfer learning) for ``freeze``; for other keys the value
 given as ``--baseline key=value``, else the value whose configuration scores
 best on validation (a freeze group without ``freeze=all`` falls back to that
-too, and says so). Comparisons are paired on the same test images (by path):
+too, and says so).
 
-* per seed pair: exact McNemar p and a paired bootstrap 95% CI (detail rows);
-* per comparison: McNemar on the discordant counts summed over the seed
-  pairs (each pair is an independent pair of training runs, so under "no
-  difference" every discordant image is a fair coin: an exact stratified sign
-  test), the mean difference with a bootstrap CI over images, and across >= 2
-  seeds a t-interval (Welch when seeds do not match);
-* Holm's adjustment over ALL comparisons of the report (``stats.holm``).
+The unit of every comparison is the test image (Dietterich 1998; Bouthillier et al.,
+MLSys 2021). A configuration's runs are grouped by the test images they were scored on
+(``_strata``): seeds, and k-fold folds, which all predict the one untouched test split,
+are replicates of training on the same images; each ``dataset.split_seed`` (or a fold
+whose test images differ, e.g. under ``dataset.duplicates=drop``) is a test set of its
+own, a stratum. ``stats.paired_image_test`` averages each image's correctness over a
+side's runs on its test set and tests the images' differences with an exact sign-flip
+test (McNemar's with one run per side), an image in several test sets being one unit;
+the difference and its CI come from a bootstrap over images. So more seeds never count
+as more images, and runs on other images are never paired on an intersection: a test
+set only one side ran on is left out, and said so. Holm's adjustment runs over the
+p-values the verdicts use, all comparisons of the report together (``stats.holm``).
 
-A verdict needs the adjusted p < 0.05 and a CI that excludes 0; with >= 3
-seeds the across-seed interval must exclude 0 on the same side as well.
-Comparisons involving a flagged run (never beat the majority rate, diverged:
-flags.py) are reported as such, not as verdicts.
-
-k-fold (``dataset.folds``): where both sides ran every fold of a seed, they are
-paired once per seed on their out-of-fold predictions of the train +
-validation pool (oof.py); otherwise fold is paired with fold (and seed with
-seed) on the shared held-out test split, like seeds.
+A verdict needs the adjusted p < 0.05 and a CI that excludes 0, its side the sign of
+the difference; with >= 3 replicate pairs (seeds, folds, split seeds) the across-run
+interval of their test-accuracy differences must exclude 0 on the same side as well
+("does it hold across training runs"). Comparisons involving a flagged run (never beat
+the majority rate, diverged: flags.py) are reported as such, not as verdicts. With
+k-fold the out-of-fold (validation) scores only choose (selection.py); a missing fold
+gives a note (folds.py), never another pairing.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from transferlab.report import oof, stats
-from transferlab.report.collect import Predictions, ReportError, RunRecord
-from transferlab.report.metric import rank_key
-from transferlab.report.table import BASELINE, Config, Table, config_label
+from transferlab.report import folds, stats
+from transferlab.report.baselines import baseline_of, check_baselines
+from transferlab.report.collect import Predictions, RunRecord
+from transferlab.report.table import Config, Table, config_label
 
 NOT_DISTINGUISHABLE = "not distinguishable at this test-set size"
 NOT_DISTINGUISHABLE_SEEDS = "not distinguishable across seeds"
@@ -47,7 +50,8 @@ ADD_SEEDS = "seed=1,2,3"
 
 @dataclass
 class PairResult:
-    """One seed pair: baseline run vs candidate run on their common test images."""
+    """One replicate pair (same seed, fold, split seed): baseline run vs candidate run on
+    the same test images; a detail row, the comparison's test pools all runs."""
 
     seed: str
     base_run: RunRecord
@@ -75,14 +79,16 @@ class Comparison:
     baseline: Config
     candidate: Config
     pairs: list[PairResult] = field(default_factory=list)
-    n_images: int = 0
-    b: int = 0
-    c: int = 0
+    n_images: int = 0           # distinct test images (the test's units)
+    n_test_sets: int = 0        # strata: test sets both sides ran on
+    b: int = 0                  # images the baseline gets right more often (runs averaged)
+    c: int = 0                  # images the candidate gets right more often
     diff: float | None = None
     low: float | None = None
     high: float | None = None
     p_value: float | None = None
     p_adjusted: float | None = None
+    method: str = ""            # which path the comparison took, in words
     seeds: stats.Interval | None = None
     seeds_paired: bool = True
     seeds_verdict: str = ""
@@ -103,84 +109,45 @@ class Missing:
 
 
 def align(a: Predictions, b: Predictions) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Common image paths and the correctness of ``a`` and ``b`` on them."""
-    common = sorted(set(a.paths) & set(b.paths))
-    ia = {p: i for i, p in enumerate(a.paths)}
-    ib = {p: i for i, p in enumerate(b.paths)}
-    return (common, a.correct[[ia[p] for p in common]].astype(bool),
-            b.correct[[ib[p] for p in common]].astype(bool))
+    """The image paths of two runs tested on the same images, and their correctness.
+
+    Raises:
+        ValueError: the runs were tested on different images. Never an intersection:
+            other test sets enter a comparison as strata of their own (``_strata``).
+    """
+    if a.paths != b.paths:  # Predictions are sorted by path
+        only = len(set(a.paths) ^ set(b.paths))
+        raise ValueError(f"the runs were tested on different images ({len(a.paths)} and "
+                         f"{len(b.paths)}, {only} in one only): compare them as separate test "
+                         "sets (stats.paired_image_test strata), not on the common images")
+    return list(a.paths), a.correct.astype(bool), b.correct.astype(bool)
 
 
-def compare_pair(seed: str, base: RunRecord, cand: RunRecord, seed_rng: int = 0) -> PairResult:
+def compare_pair(seed: str, base: RunRecord, cand: RunRecord) -> PairResult:
+    """Exact McNemar p and the CI of one replicate pair (a detail row)."""
     res = PairResult(seed, base, cand)
     missing = [r.name for r in (base, cand) if r.predictions is None]
     if missing:
         res.verdict = f"no {', '.join(missing)} test predictions: cannot pair images"
         return res
+    if base.predictions.paths != cand.predictions.paths:
+        res.verdict = "tested on different images: not paired (each test set is a stratum)"
+        return res
     res.paths, res.base_ok, res.cand_ok = align(base.predictions, cand.predictions)
     res.n_images = len(res.paths)
     if not res.n_images:
-        res.verdict = "no common test images: different test sets cannot be paired"
+        res.verdict = "no test images"
         return res
-    res.b, res.c = stats.discordant(res.base_ok, res.cand_ok)
-    res.p_value = stats.mcnemar_exact(res.b, res.c)
-    res.diff, res.low, res.high = stats.paired_bootstrap_ci(res.base_ok, res.cand_ok,
-                                                            seed=seed_rng)
+    t = stats.paired_image_test([(res.paths, res.base_ok, res.cand_ok)])
+    res.b, res.c, res.p_value = t.worse, t.better, t.p_value  # exact McNemar
+    res.diff, res.low, res.high = t.diff, t.low, t.high
     return res
 
 
-def _pair_seeds(base: Config, cand: Config) -> tuple[list[tuple[str, RunRecord, RunRecord]], bool]:
+def _matched(base: Config, cand: Config) -> list[tuple[str, RunRecord, RunRecord]]:
+    """Replicate pairs with the same seed (and fold, split seed): the detail rows."""
     bs, cs = base.seeds, cand.seeds
-    common = [s for s in bs if s in cs]
-    if common:
-        return [(s, bs[s], cs[s]) for s in common], True
-    return [(f"{sb}/{sc}", bs[sb], cs[sc]) for sb, sc in zip(bs, cs)], False
-
-
-def _same(a, b) -> bool:
-    """Equal as text or as numbers (``lr=1e-4`` names the runs logged as ``0.0001``)."""
-    try:
-        return str(a) == str(b) or float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
-
-
-def check_baselines(table: Table, baselines: dict[str, str] | None) -> dict[str, str]:
-    """``--baseline key=value`` pairs, checked against the selection.
-
-    Raises:
-        ReportError: the key is not swept, or no run has that value (lists what there is).
-    """
-    out = {}
-    for key, value in (baselines or {}).items():
-        if key not in table.axes:
-            raise ReportError(f"--baseline {key}={value}: {key} is not a swept key of these "
-                              f"runs; swept: {', '.join(table.axes) or '(none)'}")
-        have = sorted({str(c.get(key)) for c in table.configs})
-        if not any(_same(v, value) for v in have):
-            raise ReportError(f"--baseline {key}={value}: no run has {key}={value}; values: "
-                              f"{', '.join(have)}")
-        out[key] = value
-    return out
-
-
-def _baseline(key: str, cfgs: list[Config], user: dict, metric: str):
-    """(baseline config, why, note) of one group, or (None, reason, "")."""
-    if key in user:
-        base = next((c for c in cfgs if _same(c.get(key), user[key]) and c.runs), None)
-        return (base, "--baseline", "") if base else (
-            None, f"no finished {key}={user[key]} run (--baseline)", "")
-    if key == BASELINE[0]:
-        base = next((c for c in cfgs if c.get(key) == BASELINE[1] and c.runs), None)
-        if base is not None:
-            return base, "transfer learning", ""
-    ranked = sorted((c for c in cfgs if c.runs), key=lambda c: rank_key(c.score, metric))
-    if not ranked:
-        return None, "no finished run", ""
-    why = f"best by {metric}" if ranked[0].score is not None else f"first ({metric} not logged)"
-    note = (f"no finished {key}={BASELINE[1]} run (transfer-learning baseline): compared "
-            f"against the {why}, {key}={ranked[0].get(key)}") if key == BASELINE[0] else ""
-    return ranked[0], why, note
+    return [(s, bs[s], cs[s]) for s in bs if s in cs]
 
 
 def compare(table: Table, baselines: dict[str, str] | None = None
@@ -205,7 +172,7 @@ def compare(table: Table, baselines: dict[str, str] | None = None
             label = config_label(cfgs[0], others) or "all runs"
             if sum(1 for c in cfgs if c.runs) < 2:
                 continue
-            base, why, note = _baseline(key, cfgs, user, table.metric)
+            base, why, note = baseline_of(key, cfgs, user, table.metric)
             if note:
                 missing.append(Missing(f"{key}: {label}", note))
             if base is None:
@@ -226,50 +193,66 @@ def compare(table: Table, baselines: dict[str, str] | None = None
 def _compare(table: Table, key: str, label: str, base: Config, cand: Config,
              why: str) -> Comparison:
     comp = Comparison(key, label, str(base.get(key)), str(cand.get(key)), why, base, cand)
-    pairs, matched = oof.pairs(base, cand), True
-    if not pairs:
-        pairs, matched = _pair_seeds(base, cand)
-    comp.pairs = [compare_pair(s, b, c) for s, b, c in pairs]
-    comp.seeds_paired = matched
-    for p in comp.pairs:
-        for run in oof.members(p.base_run) + oof.members(p.cand_run):
-            for flag in table.flags.get(run.run_id, []):
-                text = f"{run.name}: {flag}"
-                if text not in comp.flags:
-                    comp.flags.append(text)
-    usable = [p for p in comp.pairs if p.p_value is not None]
-    if usable:
-        _pool(comp, usable)
-    _seed_interval(comp, base, cand, matched)
+    comp.pairs = [compare_pair(s, b, c) for s, b, c in _matched(base, cand)]
+    for run in base.runs + cand.runs:
+        for flag in table.flags.get(run.run_id, []):
+            if (text := f"{run.name}: {flag}") not in comp.flags:
+                comp.flags.append(text)
+    strata, left_out = _strata(base, cand)
+    notes = left_out + folds.missing(base, f"{key}={comp.baseline_value}") + folds.missing(
+        cand, f"{key}={comp.candidate_value}")
+    if strata:
+        res = stats.paired_image_test(strata)
+        comp.p_value, comp.diff, comp.low, comp.high = res.p_value, res.diff, res.low, res.high
+        comp.n_images, comp.n_test_sets, comp.b, comp.c = (res.n_images, res.n_test_sets,
+                                                           res.worse, res.better)
+        comp.method = _method(res)
+    _seed_interval(comp, base, cand)
+    comp.note = "; ".join(notes)
     return comp
 
 
-def _pool(comp: Comparison, pairs: list[PairResult]) -> None:
-    """Summed discordant counts, mean difference and its CI on the images all pairs share."""
-    common = sorted(set.intersection(*(set(p.paths) for p in pairs)))
-    comp.n_images = len(common)
-    comp.b, comp.c = sum(p.b for p in pairs), sum(p.c for p in pairs)
-    comp.p_value = stats.mcnemar_exact(comp.b, comp.c)
-    if len(pairs) == 1:
-        comp.diff, comp.low, comp.high = pairs[0].diff, pairs[0].low, pairs[0].high
-        return
-    if not common:
-        return
-    rows_a, rows_b = [], []
-    for p in pairs:
-        idx = {path: i for i, path in enumerate(p.paths)}
-        sel = [idx[path] for path in common]
-        rows_a.append(p.base_ok[sel])
-        rows_b.append(p.cand_ok[sel])
-    comp.diff, comp.low, comp.high = stats.paired_bootstrap_ci_seeds(np.array(rows_a),
-                                                                     np.array(rows_b))
+def _strata(base: Config, cand: Config):
+    """``(paths, base correctness (runs, n), candidate correctness (runs, n))`` per test set
+    both sides were scored on, and a note per test set only one side has."""
+    by_set: dict[tuple, tuple[list, list]] = defaultdict(lambda: ([], []))
+    notes = []
+    for side, cfg in enumerate((base, cand)):
+        for r in cfg.runs:
+            if r.predictions is None:
+                notes.append(f"{r.name}: no test predictions, left out")
+            else:
+                by_set[tuple(r.predictions.paths)][side].append(r)
+    strata = []
+    for paths, (bs, cs) in by_set.items():
+        if bs and cs:
+            strata.append((list(paths), np.array([r.predictions.correct for r in bs], bool),
+                           np.array([r.predictions.correct for r in cs], bool)))
+        else:
+            names = ", ".join(r.name for r in bs + cs)
+            notes.append(f"{names}: tested on {len(paths)} images the other side was never "
+                         "tested on, left out (runs are paired only on the same test set)")
+    return strata, notes
 
 
-def _seed_interval(comp: Comparison, base: Config, cand: Config, matched: bool) -> None:
-    if matched and len(comp.pairs) >= 2:
-        diffs = [p.cand_run.metrics["test_acc"] - p.base_run.metrics["test_acc"]
-                 for p in comp.pairs]
-        comp.seeds = stats.t_interval(diffs)
+def _method(res: stats.ImageTest) -> str:
+    """Which path the comparison took, for the report's "test" column."""
+    if res.runs == ((1, 1),):
+        return f"one test set, {res.n_images} images, one run per side: exact McNemar"
+    (nb, nc), *rest = res.runs
+    per = (f"{nb} run(s) per side" if nb == nc else f"{nb} baseline / {nc} candidate runs")
+    if rest and any(r != (nb, nc) for r in rest):
+        per = "baseline/candidate runs per test set " + ", ".join(f"{a}/{b}" for a, b in res.runs)
+    where = (f"one test set, {res.n_images} images" if res.n_test_sets == 1 else
+             f"{res.n_test_sets} test sets as strata, {res.n_images} distinct images")
+    return f"{where}, {per} averaged per image: exact sign-flip test over images"
+
+
+def _seed_interval(comp: Comparison, base: Config, cand: Config) -> None:
+    usable = [p for p in comp.pairs if p.p_value is not None]
+    if len(usable) >= 2:
+        comp.seeds = stats.t_interval([p.cand_run.metrics["test_acc"] -
+                                       p.base_run.metrics["test_acc"] for p in usable])
     elif len(base.runs) >= 2 and len(cand.runs) >= 2:
         comp.seeds = stats.welch_interval([r.metrics["test_acc"] for r in base.runs],
                                           [r.metrics["test_acc"] for r in cand.runs])
@@ -285,27 +268,30 @@ def _seed_interval(comp: Comparison, base: Config, cand: Config, matched: bool) 
 
 def _verdict(comp: Comparison) -> None:
     against = f"{comp.key}={comp.baseline_value}"
-    if comp.p_value is None:
-        comp.verdict = next((p.verdict for p in comp.pairs if p.verdict), "cannot pair images")
+    if comp.p_value is None or comp.diff is None:
+        why = comp.note or next((p.verdict for p in comp.pairs if p.verdict), "")
+        comp.verdict = "cannot compare: no test set both sides were scored on" + (
+            f" ({why})" if why else "")
         return
-    n = len(comp.pairs)
-    if (note := oof.note(comp.pairs[0].base_run, comp.n_images, n)) is not None:
-        comp.note = note
-    elif n == 1:
-        comp.note = (f"one training run per side (seed {comp.pairs[0].seed}): add seeds "
-                     f"({ADD_SEEDS}) to see whether it holds across training runs")
-    elif n < MIN_SEEDS:
-        comp.note = (f"{n} seeds: the across-seed interval counts from {MIN_SEEDS} seeds on "
+    n = comp.seeds.n if comp.seeds is not None else 1
+    extra = []
+    if max(len(comp.baseline.runs), len(comp.candidate.runs)) == 1:
+        extra.append(f"one training run per side: add seeds ({ADD_SEEDS}) to see whether it "
+                     "holds across training runs")
+    elif comp.seeds is not None and n < MIN_SEEDS:
+        extra.append(f"{n} seeds: the across-seed interval counts from {MIN_SEEDS} seeds on "
                      f"({ADD_SEEDS})")
+    comp.note = "; ".join(x for x in [comp.note, *extra] if x)
     if comp.flags:
         comp.verdict = "no verdict: " + "; ".join(comp.flags)
         return
     real = stats.distinguishable(comp.p_adjusted, comp.low, comp.high)
-    side = "better" if (comp.diff or 0) > 0 else "worse"
+    side = "better" if comp.diff > 0 else "worse"  # real needs a CI off 0: diff != 0
+    seeds = comp.seeds
     if not real:
         comp.verdict = NOT_DISTINGUISHABLE
-    elif n >= MIN_SEEDS and comp.seeds is not None and comp.seeds.low is not None and (
-            comp.seeds.contains_zero or (comp.seeds.mean > 0) != (side == "better")):
+    elif n >= MIN_SEEDS and seeds is not None and seeds.low is not None and (
+            seeds.contains_zero or (seeds.mean > 0) != (side == "better")):
         comp.verdict = (f"{NOT_DISTINGUISHABLE_SEEDS} (the test images alone say {side} than "
                         f"{against})")
     else:

@@ -9,7 +9,9 @@ images have none). Tags: ``split_layout`` (split, train_test, flat),
 With k-fold a run also logs ``val_predictions.csv`` (as test_predictions.csv,
 paths relative to the dataset root): its fold's images predicted by the model
 that did not train on them. Over the K runs of a configuration these are the
-out-of-fold predictions of the whole pool, which the report pairs.
+out-of-fold predictions of the whole pool, there to inspect: they chose the
+configuration (its score is the folds' mean validation score), so the report's
+verdicts are on the untouched test split instead (report/significance.py).
 """
 
 from __future__ import annotations
