@@ -226,6 +226,28 @@ def test_a_run_at_the_majority_rate_is_flagged_not_judged(imbalanced):
     assert comp.verdict.startswith("no verdict") and NEVER_BEAT in comp.verdict
 
 
+def test_the_sweeps_last_lines_carry_the_estimate_verdicts_and_every_flag(imbalanced, tmp_path):
+    """Issue 19: a sweep ended with the chosen configuration and "its test accuracy ... is
+    the estimate", neither the verdicts nor the flags, so a chosen configuration that never
+    beat the majority rate was printed as the estimate."""
+    import json
+
+    from transferlab.report.render import final_lines
+
+    paths = write_report(imbalanced, tmp_path, sweep_id="imb")  # ranked by val_acc: 'all'
+    lines = final_lines(json.loads(Path(paths["json"]).read_text()))
+    assert lines[0].startswith("chosen on validation: freeze=all (val_acc 0.952, 1 seed(s)); its "
+                               "test accuracy 0.952 is the estimate, 95% interval [")
+    assert lines[0].endswith("(Wilson interval, 42 test images, one training run)")
+    assert lines[1].startswith("warning: the chosen configuration is flagged, so its estimate is "
+                               f"not a trained model's: mnv3-all: {NEVER_BEAT}")
+    assert lines[2] == ("verdicts: none of the 1 comparison(s) is a real difference (report: "
+                        "'Is the difference real?')")
+    assert lines[3].startswith("warning: The test split is imbalanced")
+    assert lines[4].startswith(f"flagged run mnv3-all: {NEVER_BEAT}")
+    assert len(lines) == 5
+
+
 def test_flags_rules():
     assert flags([0.7, 0.5], [0.7, 0.6], [0.9, 0.95], 0.952) == [
         f"{NEVER_BEAT} (best val_acc 0.950 <= 0.952)"]
@@ -257,6 +279,18 @@ def test_sweep_parent_run_gets_the_answer(val_vs_test, tmp_path):
     assert run.tags["chosen_config"] == "freeze=last4"
     assert run.tags["report"] == str(paths["html"])
     assert "freeze: last4 vs all" in run.tags["mlflow.note.content"]
+    # a real verdict gets a last line of its own, with its difference, interval and Holm p
+    import json
+
+    from transferlab.report.render import final_lines
+
+    s = json.loads(Path(paths["json"]).read_text())
+    assert [c["real"] for c in s["comparisons"]] == [False, False]  # 30, 34 vs 28 of 40
+    s["comparisons"][1].update(verdict="better than freeze=all", real=True, p_holm=0.004)
+    assert final_lines(s)[1] == (
+        "verdict: freeze=none better than freeze=all (all runs): Δ test acc "
+        f"{s['comparisons'][1]['diff']:+.3f} [{s['comparisons'][1]['low']:+.3f}, "
+        f"{s['comparisons'][1]['high']:+.3f}], Holm p 0.004")
 
 
 def test_report_metric_config_is_checked_before_any_job(compose):

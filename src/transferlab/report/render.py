@@ -130,6 +130,20 @@ def incomplete_runs(table: Table) -> list[dict]:
     return sorted(out, key=lambda r: (r["status"], r["name"], r["run_id"]))
 
 
+def alerts(context: dict) -> list[str]:
+    """Every flag and warning the report carries, one line each (the sweep prints them)."""
+    table = context["table"]
+    names = {r.run_id: r.name for r in table.records}
+    out = [f"warning: {w}" for w in context["warnings"]]
+    out += [f"flagged run {names.get(rid, rid)}: {f}" for rid, fs in table.flags.items() for f in fs]
+    for d in context.get("data_sections") or []:
+        if d.get("leaks") and d.get("policy") != "drop":
+            out.append(f"warning: data {d['fingerprint']}: {d['leaks']} duplicate pair(s) across "
+                       "splits inflate validation and test scores (dataset.duplicates=drop)")
+    out += [f"note: {m.group}: {m.reason}" for m in context["no_baseline"]]
+    return out
+
+
 def summary(context: dict) -> dict:
     """The report's answer as plain data (``summary.json``): what a sweep's parent run shows."""
     sel = context["chosen"]
@@ -142,11 +156,44 @@ def summary(context: dict) -> dict:
                       interval_kind=sel.interval_kind, flags=sel.flags,
                       run_ids=[r.run_id for r in sel.chosen.runs])
     return dict(title=context["title"], metric=context["metric"], chosen=chosen,
-                note=sel.note, warnings=context["warnings"],
+                note=sel.note, warnings=context["warnings"], alerts=alerts(context),
                 comparisons=[dict(key=c.key, group=c.group, candidate=c.candidate_value,
-                                  baseline=c.baseline_value, diff=c.diff, p=c.p_value,
-                                  p_holm=c.p_adjusted, seeds=len(c.pairs), verdict=c.verdict)
+                                  baseline=c.baseline_value, diff=c.diff, low=c.low, high=c.high,
+                                  p=c.p_value, p_holm=c.p_adjusted, seeds=len(c.pairs),
+                                  method=c.method, note=c.note, verdict=c.verdict,
+                                  real=c.verdict.startswith(("better than", "worse than")))
                              for c in context["comparisons"]])
+
+
+def final_lines(s: dict) -> list[str]:
+    """A sweep's last lines from its ``summary.json``: the chosen configuration and its
+    estimate with its interval, each real verdict, every flag and warning; one line each."""
+    chosen = s.get("chosen")
+    if not chosen:
+        lines = [f"no configuration chosen: {s.get('note')}"]
+    else:
+        runs = (f"{chosen['n_seeds']} runs over {chosen['n_folds']} folds" if chosen.get("n_folds")
+                else f"{chosen['n_seeds']} seed(s)")
+        test = chosen["estimates"].get("test_acc")
+        line = f"chosen on validation: {chosen['label']} ({s['metric']} {chosen['score']:.3f}, {runs})"
+        if test is not None:
+            iv = chosen.get("interval")
+            line += f"; its test accuracy {test:.3f} is the estimate" + (
+                f", 95% interval [{iv[0]:.3f}, {iv[1]:.3f}] ({chosen['interval_kind']})" if iv else "")
+        lines = [line]
+        if chosen.get("flags"):
+            lines.append("warning: the chosen configuration is flagged, so its estimate is not a "
+                         f"trained model's: {'; '.join(chosen['flags'])}")
+    comps = s.get("comparisons", [])
+    real = [c for c in comps if c.get("real")]
+    for c in real:
+        lines.append(f"verdict: {c['key']}={c['candidate']} {c['verdict']} ({c['group']}): "
+                     f"Δ test acc {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
+                     f"Holm p {c['p_holm']:.3g}")
+    if comps and not real:
+        lines.append(f"verdicts: none of the {len(comps)} comparison(s) is a real difference "
+                     "(report: 'Is the difference real?')")
+    return lines + list(s.get("alerts", []))
 
 
 def _finite(obj):

@@ -163,6 +163,7 @@ class SweepCallback(Callback):
     def _report(self, c, uri: str, out: Path, metric: str | None = None) -> str | None:
         """The sweep's comparison report: files in the sweep folder, artifacts on the parent."""
         from transferlab.report import log_report_artifacts, write_report
+        from transferlab.report.render import final_lines
 
         try:
             paths = write_report(uri, out, run_ids=[self.parent_run_id], metric=metric)
@@ -173,11 +174,13 @@ class SweepCallback(Callback):
             return None
         html = str(Path(paths["html"]).resolve())
         try:
-            answer = summarize_parent(c, self.parent_run_id, paths["json"], html)
+            summarize_parent(c, self.parent_run_id, paths["json"], html)
         except Exception as e:  # the report itself is written and logged
-            answer = f"(summary not logged on the parent run: {type(e).__name__}: {e})"
-        print(f"[transferlab] {answer}")
+            print(f"[transferlab] (summary not logged on the parent run: {type(e).__name__}: {e})")
         print(f"[transferlab] report: {html}")
+        # The last lines: what the report says, its verdicts and every flag or warning.
+        for line in final_lines(json.loads(Path(paths["json"]).read_text(encoding="utf-8"))):
+            print(f"[transferlab] {line}")
         return html
 
     # -- single run -----------------------------------------------------
@@ -210,27 +213,24 @@ def summarize_parent(c, parent_run_id: str, summary_json, report_html: str) -> s
     """
     from mlflow.entities import Metric, RunTag
 
+    from transferlab.report.render import final_lines
+
     s = json.loads(Path(summary_json).read_text(encoding="utf-8"))
     chosen = s.get("chosen")
     link = f"report: {report_html} (artifact report/report.html)"
+    line = final_lines(s)[0]
     if not chosen:
         c.set_tag(parent_run_id, "mlflow.note.content", f"No configuration chosen: {s.get('note')}. {link}")
-        return f"no configuration chosen: {s.get('note')}"
+        return line
     metric = s["metric"]
     now = int(datetime.now().timestamp() * 1000)
     metrics = [Metric(f"best_{metric}", float(chosen["score"]), now, 0)]
     metrics += [Metric(f"chosen_{k}", float(v), now, 0) for k, v in chosen["estimates"].items()
                 if v is not None]
-    test = chosen["estimates"].get("test_acc")
-    runs = (f"{chosen['n_seeds']} runs over {chosen['n_folds']} folds" if chosen.get("n_folds")
-            else f"{chosen['n_seeds']} seed(s)")
-    line = (f"chosen on validation: {chosen['label']} ({metric} {chosen['score']:.3f}, "
-            f"{runs}); its test accuracy {test:.3f} is the estimate"
-            if test is not None else f"chosen on validation: {chosen['label']}")
     verdicts = [f"- {v['key']}: {v['candidate']} vs {v['baseline']} ({v['group']}): {v['verdict']}"
                 for v in s.get("comparisons", [])]
     note = "\n".join([f"**{line}**", "", *(["Verdicts (Holm-adjusted):", *verdicts, ""] if verdicts else []),
-                      *[f"> {w}" for w in s.get("warnings", [])],
+                      *[f"> {w}" for w in s.get("alerts", s.get("warnings", []))],
                       *([f"Flagged: {'; '.join(chosen['flags'])}"] if chosen.get("flags") else []),
                       "", link])
     tags = {"chosen_config": chosen["label"][:5000], "chosen_run_ids": ",".join(chosen["run_ids"])[:5000],
