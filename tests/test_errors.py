@@ -88,6 +88,13 @@ CASES = {
                                ["'expanded_conv_10_ad' is not a layer",
                                 "Closest names: expanded_conv_10_add"],
                                tf=True, modes=("single",)),
+    # Issue 19, defect 6: a "fine-tuning" whose layers hold no weight to train.
+    "plan_trains_nothing": Case(["backbone=mobilenetv2", "freeze=last_n", "freeze.n=2",
+                                 "freeze.bn=frozen"],
+                                ["MobileNetV2 last 2 layers are Conv_1_bn and out_relu",
+                                 "no weights to train with freeze.bn=frozen",
+                                 "use freeze.n=3 or freeze.bn=trainable"], tf=True,
+                                modes=("multi",)),
     "image_below_minimum": Case(["backbone=inceptionv3", "image_size=64"],
                                 ["image_size=64", "inceptionv3", "(75 px)", "image_size=75"]),
     "missing_data_folder": Case(["dataset=folder", "dataset.path=/no/such/dir"],

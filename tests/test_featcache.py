@@ -177,3 +177,27 @@ def test_index_batches_and_pixel_lookup_give_the_same_feature_batches(compose):
     second_epoch = np.concatenate([x for x, _ in fast[0].as_numpy_iterator()])
     assert not np.array_equal(first_epoch, second_epoch)  # reshuffled each epoch, as images are
     np.testing.assert_array_equal(np.sort(first_epoch[:, 0]), np.sort(second_epoch[:, 0]))
+
+
+def test_random_base_fine_tuned_in_training_mode_caches_with_the_same_result(compose, tmp_path):
+    """A random base that trains runs as plain Keras (its tail's BatchNorm on batch statistics
+    in fit); the frozen prefix is still fixed, so the cache cuts there and the head model runs
+    the tail in the same training mode: the same weights, moving statistics included."""
+    from transferlab.engine.train import fit
+    from transferlab.models import registry
+    from transferlab.models.layers import FollowsTraining
+
+    regex = registry.spec("mobilenetv3small").block_regex
+    out = {}
+    for mode in ("off", "on"):
+        cfg = compose([*TINY, "freeze=last_blocks", "freeze.n=1", "trainer.epochs=2",
+                       f"runtime.feature_cache={mode}"])
+        keras.utils.set_random_seed(42)
+        splits = data.load(data.scan(data.dataset_path(cfg)), 32, 8, cfg.seed)
+        model, base, _ = build_model(cfg, 2)
+        assert isinstance(model.get_layer("base"), FollowsTraining)
+        res = fit(model, base, cfg, splits, block_regex=regex, feature_dir=FEATURES(tmp_path))
+        out[mode] = (res.feature_cache, model.get_weights())
+    assert out["on"][0].startswith("on: cut before 'expanded_conv_10"), out["on"][0]
+    for a, b in zip(out["off"][1], out["on"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

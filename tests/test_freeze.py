@@ -192,11 +192,99 @@ def _check_last_blocks(name, n, bn="frozen"):
     return base, p
 
 
+def _weights_in(base, region, bn):
+    """Parameters the layers ``region`` (indices) would train under ``bn``, read from Keras."""
+    import keras
+
+    base.trainable = True
+    for layer in base.layers:  # each one: Keras leaves a layer frozen by an earlier plan frozen
+        layer.trainable = True
+    return sum(int(w.numpy().size) for i in region for w in base.layers[i].trainable_weights
+               if not (bn == "frozen" and isinstance(base.layers[i], keras.layers.BatchNormalization)))
+
+
+def _check_params_judged(name):
+    """Every strategy, both BatchNorm policies: a plan is refused exactly when the layers it
+    would train hold no weight to train; the fix it names is the smallest that trains some;
+    an accepted plan's count is the base's trainable weights."""
+    from transferlab.models import freeze, registry
+
+    base = _base(name)[0]
+    spec = registry.spec(name)
+    n_layers = len(base.layers)
+    last = max(i for i in range(n_layers) if _weights_in(base, [i], "frozen"))
+    specs = [("last_n", n, None) for n in (1, 2, 3, n_layers - last)]
+    specs += [("from_layer", None, base.layers[-1].name), ("from_layer", None, base.layers[last].name),
+              ("none", None, None), ("all", None, None), ("last_n", 0, None)]
+    specs += [("last_blocks", 1, None)] if spec.block_regex else []
+    for bn in ("frozen", "trainable"):
+        for strategy, n, layer in specs:
+            cfg = SimpleNamespace(strategy=strategy, n=n, layer=layer, bn=bn)
+            p = freeze.plan_for(base, cfg, spec.block_regex)
+            expect = _weights_in(base, [i for i in range(n_layers) if p.trainable(i)], bn)
+            try:
+                applied = freeze.apply(base, cfg, spec.block_regex, label=spec.constructor)
+            except FreezeError as e:
+                assert expect == 0 and strategy != "all" and n != 0, (name, cfg)
+                msg = str(e)
+                assert msg.startswith(spec.constructor) and f"freeze.bn={bn}" in msg, msg
+                if strategy == "last_n":
+                    fix = int(msg.split("use freeze.n=")[1].split()[0].rstrip("."))
+                    assert _weights_in(base, range(n_layers - fix, n_layers), bn) > 0, msg
+                    assert _weights_in(base, range(n_layers - fix + 1, n_layers), bn) == 0, msg
+                    if "or freeze.bn=trainable" in msg:
+                        assert _weights_in(base, range(n_layers - n, n_layers), "trainable"), msg
+                elif strategy == "from_layer":
+                    assert f"freeze.layer={base.layers[last].name}" in msg or bn == "trainable", msg
+                continue
+            assert expect == applied.params_trainable == sum(
+                int(w.numpy().size) for w in base.trainable_weights), (name, cfg)
+            assert f"{expect:,} of {applied.params_total:,} base parameters trainable" in applied.description
+            assert expect > 0 or strategy == "all" or n == 0, (name, cfg)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_last_blocks_takes_whole_blocks(family):
+    """Also every strategy judged by the parameters it trains (``_check_params_judged``), on
+    the same built base of each family."""
     name = FAMILIES[family][0]
     for n in (1, 2):
         _check_last_blocks(name, n)
+    _check_params_judged(name)
+
+
+def test_inception_v3_judged_by_parameters():
+    """InceptionV3: the one family without block names (last_n and from_layer only)."""
+    _check_params_judged("inceptionv3")
+
+
+def test_mobilenetv2_last2_refused_with_the_fix(compose, tmp_path):
+    """Issue 19, defect 6: MobileNetV2 last_n n=2 under freeze.bn=frozen trains nothing."""
+    from transferlab.models.build import build_model
+    from transferlab.runner import job
+
+    from conftest import TINY
+
+    over = [*TINY, "backbone=mobilenetv2", "freeze=last_n", "freeze.n=2"]
+    with pytest.raises(FreezeError) as e:
+        build_model(compose([*over, "freeze.bn=frozen"]), num_classes=2)
+    assert str(e.value) == ("MobileNetV2 last 2 layers are Conv_1_bn and out_relu: no weights to "
+                            "train with freeze.bn=frozen; use freeze.n=3 or freeze.bn=trainable.")
+    with pytest.raises(FreezeError, match="use freeze.n=3 or freeze.bn=trainable"):
+        job.run(compose([*over, "freeze.bn=frozen"]))  # refused before a run exists
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists() or not _job_runs(tmp_path)
+    # A random base trains its BatchNorm by default (freeze.bn=auto): Conv_1_bn's scale/offset.
+    _, _, p = build_model(compose(over), num_classes=2)
+    assert p.bn == "trainable" and p.params_trainable == 2 * 1280
+    assert p.description.startswith("2 of 154 base layers trainable, from 'Conv_1_bn'; 2,560 of ")
+
+
+def _job_runs(root):
+    import mlflow
+
+    c = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    return [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])
+            if r.data.tags.get("transferlab.role") == "job"]
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from transferlab.models.build import build_model, calibrate_batchnorm
+from transferlab.models.build import batchnorm_mode, build_model, calibrate_batchnorm
 
 
 def _bn_stats(base):
@@ -11,14 +11,21 @@ def _bn_stats(base):
             for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
 
 
-def test_fine_tuning_keeps_batchnorm_statistics(compose):
-    """freeze=none with trainable BN: weights change, moving statistics do not."""
-    cfg = compose(["backbone=mobilenetv2", "backbone.weights=null", "image_size=32",
-                   "freeze=none", "freeze.bn=trainable", "lr=1e-2"])
-    model, base, _ = build_model(cfg, num_classes=2)
+def test_pretrained_base_keeps_batchnorm_statistics(compose, tmp_path):
+    """A pretrained base (a weights file) under freeze=none with trainable BN: weights change,
+    moving statistics do not (inference mode, the Keras fine-tuning guide's rule)."""
+    from transferlab.models import weights
+
     x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    source = weights.build("mobilenetv2", 32, None)
+    calibrate_batchnorm(source, "mobilenetv2", x)  # statistics under which features vary
+    path = str(tmp_path / "mobilenetv2.weights.h5")
+    source.save_weights(path)
+    cfg = compose(["backbone=mobilenetv2", f"backbone.weights={path}", "image_size=32",
+                   "freeze=none", "freeze.bn=trainable", "lr=1e-2"])
+    model, base, plan = build_model(cfg, num_classes=2)
+    assert batchnorm_mode(model).startswith("inference mode always")
     y = np.arange(16, dtype="float32").reshape(-1, 1) % 2
-    calibrate_batchnorm(base, "mobilenetv2", x)
     before = _bn_stats(base)
     kernel = base.get_layer("Conv1").kernel.numpy().copy()
     gamma = base.get_layer("bn_Conv1").gamma.numpy().copy()
@@ -28,6 +35,39 @@ def test_fine_tuning_keeps_batchnorm_statistics(compose):
     for (name, m0, v0), (_, m1, v1) in zip(before, _bn_stats(base)):
         np.testing.assert_array_equal(m0, m1, err_msg=name)
         np.testing.assert_array_equal(v0, v1, err_msg=name)
+
+
+def test_random_base_trains_batchnorm_as_plain_keras(compose):
+    """A random base that trains (freeze=none, freeze.bn=auto) trains exactly as the same
+    network called the plain Keras way (``base(x)`` in a functional model): BatchNorm on
+    batch statistics, moving statistics following; the same weights after fit."""
+    from transferlab.models import weights
+    from transferlab.models.layers import FollowsTraining, Preprocess
+
+    cfg = compose(["backbone=mobilenetv3small", "backbone.weights=null", "image_size=32",
+                   "freeze=none", "head=gap", "head.dropout=0", "lr=1e-2", "optimizer=sgd"])
+    model, base, plan = build_model(cfg, num_classes=2)
+    assert isinstance(model.get_layer("base"), FollowsTraining) and plan.bn == "trainable"
+    assert batchnorm_mode(model).startswith("training mode in fit")
+    plain_base = weights.build("mobilenetv3small", 32, None)
+    plain_base.set_weights(base.get_weights())
+    inp = keras.Input((32, 32, 3))
+    h = keras.layers.GlobalAveragePooling2D()(plain_base(Preprocess("mobilenetv3small")(inp)))
+    plain = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(h))
+    plain.layers[-1].set_weights(model.get_layer("predictions").get_weights())
+    plain.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=model.optimizer.momentum),
+                  loss="binary_crossentropy")
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = np.arange(16, dtype="float32").reshape(-1, 1) % 2
+    before = _bn_stats(base)
+    for m in (model, plain):
+        m.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+    moved = [name for (name, _, v0), (_, _, v1) in zip(before, _bn_stats(base))
+             if not np.array_equal(v0, v1)]
+    assert len(moved) == len(before) > 10  # every BatchNorm's moving variance followed
+    for a, b in zip(base.get_weights() + model.get_layer("predictions").get_weights(),
+                    plain_base.get_weights() + plain.layers[-1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_calibration_gives_a_random_base_usable_features(compose):

@@ -66,8 +66,9 @@ class FreezeConf:
     n: Optional[int] = None
     layer: Optional[str] = None
     # "frozen": BatchNorm layers stay non-trainable even inside the trainable
-    # range (Keras' fine-tuning advice); "trainable": they follow the strategy.
-    bn: str = "frozen"
+    # range (Keras' fine-tuning advice); "trainable": they follow the strategy;
+    # "auto": frozen for a pretrained base, trainable for a random one (as plain Keras).
+    bn: str = "auto"
 
 
 @dataclass

@@ -23,6 +23,24 @@ _FORMATS = ("transferlab-h5-1", "transferlab-h5-2")
 _CONSTANT = "constant.h5"
 
 
+def constant_variables(model) -> set[int]:
+    """Ids of the variables ``fit`` cannot change: the non-trainable weights of a base in
+    inference mode; of a random base run as plain Keras (``FollowsTraining``), those less
+    the moving statistics of its trainable BatchNorm layers (training mode moves them)."""
+    from transferlab.models.layers import FollowsTraining, InferenceMode
+
+    out = set()
+    for layer in model.layers:
+        if isinstance(layer, InferenceMode):
+            out |= {id(v) for v in layer.base.non_trainable_weights}
+        elif isinstance(layer, FollowsTraining):
+            moving = {id(v) for l in layer.base._flatten_layers()  # noqa: SLF001
+                      if isinstance(l, keras.layers.BatchNormalization) and l.trainable
+                      for v in l.non_trainable_weights}
+            out |= {id(v) for v in layer.base.non_trainable_weights if id(v) not in moving}
+    return out
+
+
 def _state_variables(model) -> list:
     """Everything a resumed phase needs: the model's variables, then its optimizer's."""
     return list(model.weights) + list(model.optimizer.variables)
@@ -152,10 +170,7 @@ class EpochBackup(keras.callbacks.Callback):
         return int(state["epoch"])
 
     def on_train_begin(self, logs=None):
-        from transferlab.models.layers import InferenceMode
-
-        self._constant = {id(v) for layer in self.model.layers if isinstance(layer, InferenceMode)
-                          for v in layer.base.non_trainable_weights}
+        self._constant = constant_variables(self.model)
         self._constant_written = False
 
     def on_epoch_end(self, epoch, logs=None):

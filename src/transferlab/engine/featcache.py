@@ -2,8 +2,9 @@
 
 A model here is ``image -> preprocess -> base (inference mode) -> head``. When
 the first layers of the base are frozen and nothing random runs before them
-(no augmentation; the base always runs in inference mode), their output for
-an image never changes during training. ``runtime.feature_cache`` then cuts
+(no augmentation; the base in inference mode, or a random base that trains
+run as plain Keras with no dropout or trainable BatchNorm before the cut),
+their output for an image never changes during training. ``runtime.feature_cache`` then cuts
 the model there:
 
 - the *prefix* (preprocess + frozen base layers up to the cut) runs once per
@@ -90,7 +91,7 @@ def decide(model, base, cfg, splits) -> Decision:
     only where the result is the same as without it; the reason is returned
     either way.
     """
-    from transferlab.models.layers import InferenceMode, Preprocess
+    from transferlab.models.layers import FollowsTraining, InferenceMode, Preprocess
 
     mode = cfg.runtime.get("feature_cache", "off")
     if mode == "off":
@@ -99,7 +100,7 @@ def decide(model, base, cfg, splits) -> Decision:
     if "augment" in names:
         return Decision(False, f"augmentation (augment={cfg.augment.name}) runs before the frozen "
                                "layers, so their output differs every epoch")
-    if "base" not in names or not isinstance(model.get_layer("base"), InferenceMode):
+    if "base" not in names or not isinstance(model.get_layer("base"), (InferenceMode, FollowsTraining)):
         return Decision(False, "the model has no inference-mode base layer to cut")
     before = model.layers[:names.index("base")]
     odd = [l.name for l in before if not isinstance(l, Preprocess) and type(l).__name__ != "InputLayer"]
@@ -110,6 +111,11 @@ def decide(model, base, cfg, splits) -> Decision:
                                "shuffle order (infinite pipeline without a shuffle stage)")
     layers = base.layers
     i = _first_trainable(base)
+    if isinstance(model.get_layer("base"), FollowsTraining):  # plain Keras: training mode in fit
+        moving = _random_in_training(layers[:i])
+        if moving:
+            return Decision(False, f"the random-init base runs in training mode (as plain Keras) "
+                                   f"and {moving[0]!r} before the cut changes its output there")
     if i >= len(layers):
         return Decision(True, "cut at the base's output (base frozen)", i, "base output",
                         base.outputs[0], None)
@@ -132,6 +138,18 @@ def decide(model, base, cfg, splits) -> Decision:
     if any(id(v) not in ids for v in base.trainable_weights):
         return Decision(False, f"no single cut {where}: trainable layers lie outside the tail")
     return Decision(True, f"cut {where}", i, f"before {layer.name}", inputs[0], tail)
+
+
+def _random_in_training(layers) -> list[str]:
+    """The layers whose output differs in training mode: dropout and noise layers, and
+    BatchNormalization left trainable (batch statistics); frozen BatchNorm runs in
+    inference mode in Keras whatever the mode."""
+    import keras
+
+    from transferlab.models.build import noise_kinds
+
+    return [l.name for l in layers if isinstance(l, noise_kinds())
+            or (isinstance(l, keras.layers.BatchNormalization) and l.trainable)]
 
 
 def _extract(prefix, pre, sources, keys_fn, batch_size: int, *, total: int | None = None,
@@ -169,11 +187,10 @@ def head_model(decision: Decision, model):
     """
     import keras
 
-    from transferlab.models.layers import InferenceMode
-
     names = [layer.name for layer in model.layers]
     inp = keras.Input(tuple(decision.tensor.shape[1:]), name="features")
-    x = inp if decision.tail is None else InferenceMode(decision.tail, name="base_tail")(inp)
+    wrapper = type(model.get_layer("base"))  # the tail runs in the mode the base runs in
+    x = inp if decision.tail is None else wrapper(decision.tail, name="base_tail")(inp)
     for layer in model.layers[names.index("base") + 1:]:
         x = layer(x)
     return keras.Model(inp, x, name=f"{model.name}_on_features")

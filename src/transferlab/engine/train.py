@@ -164,7 +164,7 @@ def fit(model, base, cfg, splits, *, block_regex: str | None, backup_dir: Path |
         if head_only:
             base.trainable = False
         elif phase == 2:
-            freeze.apply(base, cfg.freeze, block_regex)
+            freeze.apply(base, cfg.freeze, block_regex, random_init=cfg.backbone.weights is None)
         compile_model(model, cfg, num_classes, lr=lr, base=base)  # after any trainable change
         result.trainable.append(param_counts(model)[1])
         decision = featcache.decide(model, base, cfg, splits)

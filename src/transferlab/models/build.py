@@ -2,10 +2,12 @@
 
 Pixels enter as float 0-255 (never divided by 255): each backbone's own
 ``preprocess_input`` runs inside the model, so a saved model takes raw images.
-The base always runs with ``training=False`` (see ``InferenceMode``) so its
-BatchNorm layers stay in inference mode even when their weights are
-trainable (the Keras fine-tuning guide's advice); augmentation layers are
-only active during ``fit``.
+A pretrained (or frozen) base always runs with ``training=False`` (see
+``InferenceMode``) so its BatchNorm layers stay in inference mode even when
+their weights are trainable (the Keras fine-tuning guide's advice); a base
+initialised at random that trains runs as plain Keras runs it
+(``FollowsTraining``: BatchNorm on batch statistics in ``fit``, moving
+statistics following). Augmentation layers are only active during ``fit``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 import keras
 
 from transferlab.models import freeze, registry
-from transferlab.models.layers import InferenceMode, Preprocess, augmentation
+from transferlab.models.layers import FollowsTraining, InferenceMode, Preprocess, augmentation
 from transferlab.models.metrics import BalancedAccuracy
 from transferlab.models.registry import input_size
 from transferlab.models.weights import build as build_base
@@ -175,7 +177,9 @@ def build_model(cfg, num_classes: int, tracking_uri: str | None = None):
     keras.utils.set_random_seed(cfg.seed)
     spec = registry.spec(cfg.backbone.name)
     base = build_base(cfg.backbone.name, size, cfg.backbone.weights, tracking_uri)
-    plan = freeze.apply(base, cfg.freeze, spec.block_regex)
+    random_init = cfg.backbone.weights is None
+    plan = freeze.apply(base, cfg.freeze, spec.block_regex, random_init=random_init,
+                        label=spec.constructor)
 
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
@@ -184,7 +188,7 @@ def build_model(cfg, num_classes: int, tracking_uri: str | None = None):
         x = aug(x)
     # Mixed precision: preprocess_input in float32 (pixel offsets), outputs in float32 (the loss).
     x = Preprocess(cfg.backbone.name, name="preprocess", **({"dtype": "float32"} if mixed else {}))(x)
-    x = InferenceMode(base, name="base")(x)  # BatchNorm stays in inference mode
+    x = base_layer(base, random_init, plan)(x)
     if cfg.head.pooling == "flatten":
         x = keras.layers.Flatten(name="head_flatten")(x)
     else:
@@ -202,6 +206,36 @@ def build_model(cfg, num_classes: int, tracking_uri: str | None = None):
     return model, base, plan
 
 
+def base_layer(base, random_init: bool, plan):
+    """The layer named ``base`` that runs the backbone: ``FollowsTraining`` for a random
+    base that trains (plain Keras), ``InferenceMode`` for a pretrained or frozen one."""
+    if random_init and plan.params_trainable:
+        return FollowsTraining(base, name="base")
+    return InferenceMode(base, name="base")
+
+
+def batchnorm_mode(model) -> str:
+    """How the model's base runs its BatchNorm layers in ``fit`` (the ``batchnorm`` tag)."""
+    if isinstance(model.get_layer("base"), FollowsTraining):
+        return ("training mode in fit, moving statistics follow (random init, trained: as "
+                "plain Keras); inference mode for evaluation")
+    return "inference mode always (moving statistics fixed: pretrained or frozen base)"
+
+
+NOISE_LAYERS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+          "GaussianDropout", "AlphaDropout", "GaussianNoise")
+
+
+def noise_kinds() -> tuple:
+    """Keras' layer classes that are random in training mode (dropout and noise)."""
+    return tuple(getattr(keras.layers, k) for k in NOISE_LAYERS if hasattr(keras.layers, k))
+
+
+def _noise_layers(base) -> list:
+    """The base's dropout and noise layers (EfficientNet's stochastic depth)."""
+    return [l for l in base._flatten_layers() if isinstance(l, noise_kinds())]  # noqa: SLF001
+
+
 def calibrate_batchnorm(base, backbone: str, images) -> int:
     """Sets a randomly initialised base's BatchNorm statistics from real images.
 
@@ -210,8 +244,11 @@ def calibrate_batchnorm(base, backbone: str, images) -> int:
     its activations then shrink layer after layer until the features are
     constant (measured: std ~1e-11 at the output of MobileNetV2/V3), so
     nothing can be learnt. One forward pass in training mode with momentum 0
-    replaces those statistics by the batch's, layer by layer. Pretrained
-    bases are never touched: their ImageNet statistics are what transfer.
+    replaces those statistics by the batch's, layer by layer. The base's
+    dropout and noise layers (EfficientNet's stochastic depth) are switched off
+    for that pass: only BatchNorm runs in training mode, so the statistics are
+    those of the network the model evaluates. Pretrained bases are never
+    touched: their ImageNet statistics are what transfer.
 
     Args:
         base: the backbone model (weights=None).
@@ -223,11 +260,18 @@ def calibrate_batchnorm(base, backbone: str, images) -> int:
     """
     bns = [l for l in base._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
     saved = [(l.trainable, l.momentum) for l in bns]
+    noise = _noise_layers(base)
     for l in bns:
         l.trainable, l.momentum = True, 0.0
-    base(registry.preprocess_fn(backbone)(images), training=True)
-    for l, (trainable, momentum) in zip(bns, saved):
-        l.trainable, l.momentum = trainable, momentum
+    for l in noise:  # an instance attribute: Layer.__call__ looks ``call`` up on the layer
+        l.call = lambda inputs, *args, **kwargs: inputs
+    try:
+        base(registry.preprocess_fn(backbone)(images), training=True)
+    finally:
+        for l, (trainable, momentum) in zip(bns, saved):
+            l.trainable, l.momentum = trainable, momentum
+        for l in noise:
+            del l.call  # back to the class's call
     return len(bns)
 
 

@@ -28,15 +28,20 @@ reduction cell comes before some of that reduction cell's layers; those stay
 frozen (``FreezePlan.frozen_after``) when the reduction cell is not one of the
 trainable blocks.
 
-The base is always *called* with ``training=False`` (see model.py), so
-BatchNorm moving statistics never change whatever is trainable.
+A pretrained base is always *called* with ``training=False`` (``InferenceMode``),
+so its BatchNorm moving statistics never change whatever is trainable; a random
+base that trains runs as plain Keras runs it (``FollowsTraining``, build.py).
+``apply`` judges the plan by the parameters it trains and refuses one that
+trains none (freezeparams.py).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from transferlab.models import freezeparams
 
 STRATEGIES = ("all", "none", "last_n", "last_blocks", "from_layer")
 
@@ -53,6 +58,11 @@ class FreezePlan:
     first_layer_name: str | None
     description: str
     frozen_after: frozenset[int] = frozenset()  # indices >= first_trainable that stay frozen
+    # Set by ``apply`` on a built base: the base's trainable / all parameters, and the
+    # BatchNorm policy that applied (``frozen`` or ``trainable``, ``freeze.bn=auto`` resolved).
+    params_trainable: int | None = None
+    params_total: int | None = None
+    bn: str | None = None
 
     def trainable(self, index: int) -> bool:
         """Whether ``base.layers[index]`` is in the trainable part (BatchNorm policy aside)."""
@@ -240,7 +250,8 @@ def plan_for(base, freeze_cfg, block_regex: str | None = None) -> FreezePlan:
                 freeze_cfg.layer, block_regex, graph=g)
 
 
-def apply(base, freeze_cfg, block_regex: str | None = None) -> FreezePlan:
+def apply(base, freeze_cfg, block_regex: str | None = None, *, random_init: bool = False,
+          label: str | None = None) -> FreezePlan:
     """Marks ``base``'s layers trainable or frozen according to ``freeze_cfg``.
 
     The caller must (re)compile the model afterwards: Keras reads
@@ -250,23 +261,46 @@ def apply(base, freeze_cfg, block_regex: str | None = None) -> FreezePlan:
         base: the backbone ``keras.Model``.
         freeze_cfg: a ``FreezeConf`` (strategy, n, layer, bn).
         block_regex: the backbone's block pattern, for ``last_blocks``.
+        random_init: the base starts from random weights (``freeze.bn=auto``
+            then trains its BatchNorm).
+        label: the backbone's name in messages (default: the base's name).
 
     Returns:
-        The FreezePlan that was applied.
+        The FreezePlan that was applied, with the base's trainable parameters
+        in ``params_trainable`` and its description.
+
+    Raises:
+        FreezeError: the strategy asks for part of the base to train, but that
+            part holds no weight to train (e.g. MobileNetV2's last 2 layers,
+            ``Conv_1_bn`` and ``out_relu``, under ``freeze.bn=frozen``); the
+            message names the smallest fix.
     """
     import keras
 
     p = plan_for(base, freeze_cfg, block_regex)
+    bn = freezeparams.bn_policy(freeze_cfg.bn, random_init)
+    per_layer = freezeparams.per_layer(base)  # makes the whole base trainable first
     if p.first_trainable >= len(base.layers):
         base.trainable = False
-        return p
-    base.trainable = True
-    for i, l in enumerate(base.layers):
+    for i, l in enumerate(base.layers if base.trainable else ()):
         frozen = not p.trainable(i)
-        if freeze_cfg.bn == "frozen" and isinstance(l, keras.layers.BatchNormalization):
+        if bn == "frozen" and isinstance(l, keras.layers.BatchNormalization):
             frozen = True
         l.trainable = not frozen
-    return p
+    trained, total = freezeparams.count(base.trainable_weights), freezeparams.count(base.weights)
+    if not trained and freezeparams.intends_training(freeze_cfg):
+        g = graph_of(base) if freeze_cfg.strategy == "last_blocks" and block_regex else None
+        names = [l.name for l in base.layers]
+
+        def replan(n):
+            return plan(names, freeze_cfg.strategy, n, freeze_cfg.layer, block_regex, graph=g)
+
+        base.trainable = False  # nothing half-applied stays behind
+        raise FreezeError(freezeparams.refusal(base, freeze_cfg, p, per_layer, bn,
+                                               label or base.name, replan))
+    desc = (f"{p.description}; {trained:,} of {total:,} base parameters trainable"
+            + (f" (BatchNorm {bn})" if trained and any(is_bn for _, is_bn in per_layer) else ""))
+    return replace(p, description=desc, params_trainable=trained, params_total=total, bn=bn)
 
 
 def freeze_label(strategy: str, n=None, layer=None) -> str:

@@ -160,24 +160,12 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
-@keras.saving.register_keras_serializable(package="transferlab")
-class InferenceMode(keras.layers.Layer):
-    """Runs the wrapped base with ``training=False`` always, also inside ``fit``.
-
-    ``base(x, training=False)`` in a functional model is not enough in Keras 3:
-    when the outer model runs, ``Functional`` injects the caller's ``training``
-    into every layer that takes it, overriding the recorded ``False``
-    (keras/src/models/functional.py, ``operation_fn``; measured: BatchNorm
-    moving statistics changed during ``fit``). This layer's ``call`` has no
-    ``training`` argument, so nothing is injected, and it passes ``False`` on.
-    """
+class _Base(keras.layers.Layer):
+    """A layer holding the backbone model (``.base``), serialised with it."""
 
     def __init__(self, base, **kwargs):
         super().__init__(**kwargs)
         self.base = base
-
-    def call(self, x):
-        return self.base(x, training=False)
 
     def compute_output_shape(self, input_shape):
         return self.base.compute_output_shape(input_shape)
@@ -189,3 +177,38 @@ class InferenceMode(keras.layers.Layer):
     def from_config(cls, config):
         config["base"] = keras.saving.deserialize_keras_object(config["base"])
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="transferlab")
+class InferenceMode(_Base):
+    """Runs the wrapped base with ``training=False`` always, also inside ``fit``.
+
+    ``base(x, training=False)`` in a functional model is not enough in Keras 3:
+    when the outer model runs, ``Functional`` injects the caller's ``training``
+    into every layer that takes it, overriding the recorded ``False``
+    (keras/src/models/functional.py, ``operation_fn``; measured: BatchNorm
+    moving statistics changed during ``fit``). This layer's ``call`` has no
+    ``training`` argument, so nothing is injected, and it passes ``False`` on.
+    The rule for a pretrained base (Keras' fine-tuning guide), and for any
+    frozen base.
+    """
+
+    def call(self, x):
+        return self.base(x, training=False)
+
+
+@keras.saving.register_keras_serializable(package="transferlab")
+class FollowsTraining(_Base):
+    """Runs the wrapped base as plain Keras runs a network: ``training`` passes on.
+
+    For a base initialised at random that trains (``freeze=none``, trainable
+    blocks): inside ``fit`` its trainable BatchNorm layers normalise with the
+    batch's statistics and move their moving statistics (and its dropout, e.g.
+    EfficientNet's, is on), as ``keras.applications.X(weights=None)`` trained
+    from scratch; layers left non-trainable stay in inference mode (Keras'
+    BatchNormalization rule). Keras' advice to keep BatchNorm in inference mode
+    is for a *pretrained* base, whose statistics are what transfers.
+    """
+
+    def call(self, x, training=None):
+        return self.base(x, training=training)

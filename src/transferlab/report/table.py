@@ -33,8 +33,8 @@ BASELINE = ("freeze", "all")  # transfer learning: the whole base frozen
 SCORE_COLUMNS = ("rank", "selected_by", "selection_score", "flags", "best_val_acc",
                  "best_val_acc_epoch", "final_val_acc")
 METRIC_COLUMNS = ("test_acc", "test_balanced_acc", "test_macro_f1", "test_auc", "test_top5_acc",
-                  "test_loss", "params_trainable", "params_total", "train_seconds",
-                  "train_images_per_s")
+                  "test_loss", "params_trainable", "params_trainable_base", "params_total",
+                  "train_seconds", "train_images_per_s")
 RESULT_COLUMNS = SCORE_COLUMNS + METRIC_COLUMNS
 
 

@@ -27,15 +27,23 @@ from transferlab.runner.record import distribution, params, train_and_log
 from transferlab.runner.validate import validate
 
 
+# How a random base trains; part of a random-init job's hash, so a record made before
+# this rule (the base's BatchNorm kept in inference mode) is never taken for its result.
+RANDOM_INIT_RULE = "batchnorm as plain Keras when trained; calibration without dropout"
+
+
 def identity(cfg: DictConfig, info: data.DatasetInfo, uri: str) -> tuple[str, dict]:
     """The job's config hash and the run-time values that entered it.
 
     Returns:
         ``(hash, extra)``: ``extra`` holds ``data`` (the scanned files'
-        fingerprint), ``weights_run`` (the run ``run:latest:...`` resolved to)
-        and ``applied`` (GPU switches that take effect on this machine).
+        fingerprint), ``weights_run`` (the run ``run:latest:...`` resolved to),
+        ``applied`` (GPU switches that take effect on this machine) and, for
+        a random base, ``random_init`` (how it trains).
     """
     extra: dict = {"data": info.fingerprint()}
+    if cfg.backbone.weights is None:  # results of earlier code (BatchNorm frozen) are not these
+        extra["random_init"] = RANDOM_INIT_RULE
     if pretrained.kind(cfg.backbone.weights) == "run":
         extra["weights_run"] = pretrained.resolve(cfg.backbone.weights, uri, cfg.backbone.name)[0].info.run_id
     applied = applied_switches(cfg)
@@ -261,28 +269,39 @@ def _log_data_report(c, run_id: str, info) -> None:
         c.log_text(run_id, "\n".join(rotated) + "\n", "exif_rotated_files.txt")
 
 
+_PLANNED: set[tuple] = set()  # freeze plans this process has checked on a built base
+
+
 def _preflight(cfg: DictConfig) -> None:
     """Checks what needs the built base, before a run is created.
 
     Builds the base (random init: 0.4-2.4 s from VGG19 to ConvNeXtXLarge on
     2 CPU cores; with a local weights file, that file, which must fit:
     PretrainedError), in Keras' ImageNet graph as every route builds it (so
-    the plan's layers are the job's), and plans the freeze against its real layer names
-    (FreezeError: unknown layer, more blocks than the base has). ImageNet
-    weights and run: specs are not fetched here: an offline machine still
-    gets a FAILED run saying how to get them.
+    the plan's layers are the job's), and applies the freeze plan to its real
+    layers (FreezeError: unknown layer, more blocks than the base has, or a
+    plan that trains no parameter of the base, such as MobileNetV2's last 2
+    layers under ``freeze.bn=frozen``). Which weights train does not depend
+    on their values, so a plan checked once is not built again in this
+    process. ImageNet weights and run: specs are not fetched here: an offline
+    machine still gets a FAILED run saying how to get them.
     """
-    w = cfg.backbone.weights
-    if cfg.freeze.strategy not in ("from_layer", "last_blocks") and pretrained.kind(w) != "file":
+    from transferlab.models.freezeparams import intends_training
+
+    w, f = cfg.backbone.weights, cfg.freeze
+    file = pretrained.kind(w) == "file"
+    key = (cfg.backbone.name, input_size(cfg), f.strategy, f.n, f.layer, f.bn, w is None)
+    if not file and (not intends_training(f) or f.strategy == "none" or key in _PLANNED):
         return  # validate() already checked everything else without building anything
     import keras
 
     from transferlab.models import freeze, registry, weights
 
     keras.backend.clear_session()
-    base = weights.build(cfg.backbone.name, input_size(cfg),
-                         weights=w if pretrained.kind(w) == "file" else None)
-    freeze.plan_for(base, cfg.freeze, registry.spec(cfg.backbone.name).block_regex)
+    base = weights.build(cfg.backbone.name, input_size(cfg), weights=w if file else None)
+    spec = registry.spec(cfg.backbone.name)
+    freeze.apply(base, f, spec.block_regex, random_init=w is None, label=spec.constructor)
+    _PLANNED.add(key)
     del base
     keras.backend.clear_session()
 

@@ -52,7 +52,7 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     from transferlab.engine.evaluate import test_scores
     from transferlab.models import registry
     from transferlab.engine.warmstart import calibrate_once
-    from transferlab.models.build import build_model, param_counts, speed_switches
+    from transferlab.models.build import batchnorm_mode, build_model, param_counts, speed_switches
     from transferlab.runner import artifacts
     from transferlab.runner.callbacks import MlflowEpochLogger
 
@@ -83,6 +83,7 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
         print(f"[transferlab] {cfg.backbone.name} @{size}px, freeze={label}: {plan.description}; "
               f"params {total:,} total, {trainable:,} trainable")
         c.set_tag(run_id, "freeze_plan", plan.description)
+        c.set_tag(run_id, "batchnorm", f"freeze.bn={plan.bn}; {batchnorm_mode(model)}")
         if cfg.trainer.warmup_epochs and logged_until < 0:  # phase-prefixed: no param rewritten
             c.log_batch(run_id, params=params({
                 "phase1.epochs": cfg.trainer.warmup_epochs, "phase1.lr": cfg.trainer.warmup_lr,
@@ -103,6 +104,7 @@ def train_and_log(cfg: DictConfig, info, c, run_id: str, backup_dir: Path,
     metrics = {
         "test_acc": scores.acc, "test_loss": scores.loss,
         "params_total": total, "params_trainable": fit.trainable[-1],
+        "params_trainable_base": plan.params_trainable,  # the base's share (0: head only)
         "train_seconds": fit.seconds, "train_images_per_s": fit.images / max(fit.seconds, 1e-9),
         "build_seconds": t_build, "data_seconds": t_data,
         "first_step_seconds": fit.first_step_seconds, "test_seconds": t_test,

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferlab.config.schema import NON_RESULT_KEYS
 from transferlab.models.freeze import freeze_label
+from transferlab.models.freezeparams import bn_policy
 from transferlab.runner import lease, store
 
 # The launching process puts the sweep's identity here; jobs (same process,
@@ -286,7 +287,12 @@ def ensure_experiment(cfg: DictConfig) -> str:
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config flattened to dotted keys, as MLflow params."""
+    """The resolved config flattened to dotted keys, as MLflow params.
+
+    ``freeze.bn=auto`` is recorded as the policy it resolves to (``frozen`` for a
+    pretrained base, ``trainable`` for a random one): the record states what applied,
+    and a pretrained job keeps the hash it had when ``frozen`` was the default.
+    """
     out: dict[str, str] = {}
 
     def walk(node, prefix):
@@ -298,6 +304,8 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
                 out[key] = str(v)[:6000]
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
+    if out.get("freeze.bn") == "auto":
+        out["freeze.bn"] = bn_policy("auto", cfg.backbone.weights is None)
     return out
 
 

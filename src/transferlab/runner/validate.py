@@ -17,12 +17,12 @@ from omegaconf import DictConfig
 from transferlab.config import ConfigError
 from transferlab.config.schema import SELECTION_METRICS
 from transferlab.models.freeze import STRATEGIES
+from transferlab.models.freezeparams import BN_POLICIES
 from transferlab.models.registry import BACKBONES, input_size, spec
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd", "adamw")
 POOLINGS = ("flatten", "gap")
 DATASETS = ("synthetic", "cats_dogs", "folder")
-BN_POLICIES = ("frozen", "trainable")
 SCHEDULERS = ("constant", "cosine", "step")
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 ISOLATE = ("auto", "process", "off")
@@ -56,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
     bb = spec(cfg.backbone.name)
     _choose(cfg.freeze.strategy, STRATEGIES, "freeze strategy",
             "pass freeze=<strategy>, e.g. freeze=all or freeze=last4.")
-    _choose(cfg.freeze.bn, BN_POLICIES, "freeze.bn policy", "freeze.bn=frozen.")
+    _choose(cfg.freeze.bn, BN_POLICIES, "freeze.bn policy", "freeze.bn=auto.")
     _choose(cfg.optimizer.name, OPTIMIZERS, "optimizer", "optimizer=rmsprop.")
     _choose(cfg.head.pooling, POOLINGS, "head", "head=flatten or head=gap.")
     _choose(cfg.dataset.name, DATASETS, "dataset", "dataset=synthetic.")
