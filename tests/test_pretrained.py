@@ -141,7 +141,10 @@ def test_keras_and_weights_files(tmp_path, source):
         weights.build("mobilenetv3small", 32, str(tmp_path / "v2.weights.h5"))
     msg = str(e.value)
     assert "v2.weights.h5" in msg and "does not fit mobilenetv3small" in msg
-    assert "Fix: a file saved from keras.applications.MobileNetV3Small(include_top=False" in msg
+    # what it was built as, that no ImageNet variant of it fits, and the fix
+    assert "as built here, keras.applications.MobileNetV3Small(alpha=1.0, minimalistic=False, " \
+           "include_top=False)" in msg and "fit none of mobilenetv3small's ImageNet variants" in msg
+    assert "Fix: the weights of that model saved with .save_weights" in msg
 
 
 def test_validate_checks_run_syntax_without_tensorflow(compose):

@@ -48,15 +48,18 @@ def perturb(model, seed: int = 0):
     return model
 
 
-def perturbed(name: str, size: int, include_top: bool = False, seed: int = 0):
-    """``perturb(keras.applications.<X>(weights=None))``."""
-    return perturb(ctor(name)(include_top=include_top, weights=None, input_shape=(size, size, 3)), seed)
+def perturbed(name: str, size: int, include_top: bool = False, seed: int = 0, **opts):
+    """``perturb(keras.applications.<X>(weights=None, **opts))`` (opts: Keras' constructor
+    options, e.g. ``alpha=0.25``)."""
+    return perturb(ctor(name)(include_top=include_top, weights=None, input_shape=(size, size, 3),
+                              **opts), seed)
 
 
-def write_weights(name: str, size: int, path, include_top: bool = False, legacy: bool = False) -> str:
+def write_weights(name: str, size: int, path, include_top: bool = False, legacy: bool = False,
+                  **opts) -> str:
     """Saves ``perturbed(...)``'s weights: ``.weights.h5``, or the legacy ``.h5`` layout of
     Keras' own ImageNet files (``legacy=True``)."""
-    model = perturbed(name, size, include_top)
+    model = perturbed(name, size, include_top, **opts)
     path = str(path)
     if legacy:
         import h5py
@@ -70,25 +73,33 @@ def write_weights(name: str, size: int, path, include_top: bool = False, legacy:
     return path
 
 
-def keras_imagenet(name: str, size: int, path, include_top: bool = False):
-    """What ``keras.applications.<X>(weights="imagenet")`` builds when its download
+def keras_imagenet(name: str, size: int, path, include_top: bool = False, asked: list | None = None,
+                   **opts):
+    """What ``keras.applications.<X>(weights="imagenet", **opts)`` builds when its download
     (``file_utils.get_file``) returns ``path``: Keras' own ImageNet graph and loader.
-    ``path=None``: that graph, nothing loaded (random init)."""
+    ``path=None``: that graph, nothing loaded (random init). ``asked`` gets the file names
+    Keras' download was asked for."""
     from keras.src.utils import file_utils
+
+    def get_file(*args, **kwargs):
+        if asked is not None:
+            asked.append(kwargs.get("fname", args[0] if args else None))
+        return str(path)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())  # MobileNet(V2/V3) off 224 px: "weights for 224"
         warnings.simplefilter("ignore", UserWarning)
-        stack.enter_context(mock.patch.object(file_utils, "get_file", lambda *a, **k: str(path)))
+        stack.enter_context(mock.patch.object(file_utils, "get_file", get_file))
         if path is None:
             stack.enter_context(mock.patch.object(keras.Model, "load_weights", lambda *a, **k: None))
-        return ctor(name)(include_top=include_top, weights="imagenet", input_shape=(size, size, 3))
+        return ctor(name)(include_top=include_top, weights="imagenet", input_shape=(size, size, 3),
+                          **opts)
 
 
-def imagenet_source(name: str, size: int, path, include_top: bool = False):
+def imagenet_source(name: str, size: int, path, include_top: bool = False, **opts):
     """Keras' ImageNet graph with ``perturb``'s weights, saved to ``path``: the model Keras'
     ImageNet path builds when served that file, with one build less (for the fast suite)."""
-    model = perturb(keras_imagenet(name, size, None, include_top))
+    model = perturb(keras_imagenet(name, size, None, include_top, **opts))
     model.save_weights(str(path))
     return model
 
@@ -126,9 +137,10 @@ def graph(model) -> list:
             for l in model.layers]
 
 
-def log_classifier(base, name: str, uri: str) -> str:
-    """An MLflow run (tagged as a transferlab job of ``name``) whose logged model ``model`` is
-    a classifier with ``base`` as its ``base`` layer, as a job logs it; returns its run id."""
+def log_classifier(base, name: str, uri: str, label: str | None = None) -> str:
+    """An MLflow run (tagged as a transferlab job of ``name``, variant ``label``, e.g.
+    ``mobilenet-a0.25``; default ``name``) whose logged model ``model`` is a classifier with
+    ``base`` as its ``base`` layer, as a job logs it; returns its run id."""
     import mlflow
 
     from transferlab.models.layers import InferenceMode
@@ -141,7 +153,8 @@ def log_classifier(base, name: str, uri: str) -> str:
     exp = c.get_experiment_by_name("weights_routes")
     exp_id = exp.experiment_id if exp else c.create_experiment(  # artifacts beside the store, not ./mlruns
         "weights_routes", artifact_location=str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts"))
-    with mlflow.start_run(experiment_id=exp_id, tags={"transferlab.role": "job", "backbone": name}) as run:
+    tags = {"transferlab.role": "job", "backbone": name, "backbone_label": label or name}
+    with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
         # pip_requirements: skips MLflow's requirement inference (seconds per model)
         mlflow.keras.log_model(clf, name="model", pip_requirements=["keras"])
     return run.info.run_id

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from transferlab.models import published
+from transferlab.models import options, published
 from transferlab.models import registry as backbones
 
 
@@ -84,11 +84,13 @@ def depth(model) -> int:
     return sum(1 for layer in model.layers if layer.weights)
 
 
-def build_application(name: str, image_size: int | None = None):
-    """The full Keras application ``name`` with its 1000-class top, random weights.
+def build_application(name: str, image_size: int | None = None, opts: dict | None = None):
+    """The full Keras application ``name`` with its 1000-class top, random weights, built
+    with Keras' constructor options ``opts`` (``{"alpha": 0.25}``; default Keras' own).
 
     Raises:
-        BenchError: ``image_size`` below the backbone's minimum, or one Keras refuses.
+        BenchError: ``image_size`` below the backbone's minimum, an option it does not
+            take, or a size Keras refuses.
     """
     import keras
 
@@ -98,21 +100,27 @@ def build_application(name: str, image_size: int | None = None):
         raise BenchError(f"--image-size {size} is below {name}'s minimum of {s.min_size} px. "
                          f"Fix: --image-size {s.min_size} or more (default {s.default_size}).")
     try:
+        opts = options.resolve(name, opts)
+    except options.OptionError as e:
+        raise BenchError(str(e).replace("backbone.", "--").replace("_", "-")) from None
+    try:
         return getattr(keras.applications, s.constructor)(
-            include_top=True, weights=None, classes=1000, input_shape=(size, size, 3))
+            include_top=True, weights=None, classes=1000, input_shape=(size, size, 3), **opts)
     except ValueError as e:
         raise BenchError(f"{name} at {size} px with its top: Keras refuses ({e}). Fix: its own "
                          f"size, --image-size {s.default_size}.") from None
 
 
 def measure(name: str, batch: int = 32, image_size: int | None = None, steps: int = 30,
-            repeats: int = 10, warmup: int = 1) -> Row:
-    """Builds ``name`` with its top and measures one row (see the module docstring)."""
+            repeats: int = 10, warmup: int = 1, opts: dict | None = None) -> Row:
+    """Builds ``name`` with its top and measures one row (see the module docstring). Keras
+    publishes figures for its default options only: with others, none are compared."""
     import keras
 
     from transferlab.engine import latency
 
-    model = build_application(name, image_size)
+    model = build_application(name, image_size, opts)
+    label = options.label(name, opts)
     try:
         size = int(model.input_shape[1])
         kind, _ = latency.device()
@@ -124,12 +132,15 @@ def measure(name: str, batch: int = 32, image_size: int | None = None, steps: in
         del model
         keras.backend.clear_session()
         gc.collect()
-    pub = published.get(name)
+    pub = published.get(name) if label == name else None  # Keras' table: default options only
     keras_ms = None if pub is None else (pub.gpu_ms if kind == "GPU" else pub.cpu_ms)
     if batch != published.BATCH or size != backbones.spec(name).default_size:
         keras_ms = None  # Keras timed batch 32 at the default size: no like-for-like ratio
+    opts = options.resolve(name, opts)
+    args = ", ".join(f"{k}={v}" for k, v in opts.items() if v != options.takes(name)[k])
     return Row(
-        model=backbones.spec(name).constructor, backbone=name, image_size=size, device=kind,
+        model=backbones.spec(name).constructor + (f"({args})" if args else ""), backbone=label,
+        image_size=size, device=kind,
         size_mb=size_mb, params=params, depth=row_depth, batch=batch,
         ms_per_step=t.ms_per_step, ms_std=t.ms_std, images_per_s=t.images_per_s,
         keras_size_mb=pub and pub.size_mb, keras_params_m=pub and pub.params_m,
@@ -153,7 +164,8 @@ def _clock(seconds: float) -> str:
 
 
 def run(names: list[str], batch: int = 32, image_size: int | None = None, steps: int = 30,
-        repeats: int = 10, warmup: int = 1, progress: bool = True) -> list[Row]:
+        repeats: int = 10, warmup: int = 1, progress: bool = True,
+        opts: dict | None = None) -> list[Row]:
     """Measures every backbone in turn; a progress line per backbone on stderr (count, elapsed, ETA).
 
     The ETA weighs what is left by Keras' published CPU time per backbone
@@ -169,7 +181,7 @@ def run(names: list[str], batch: int = 32, image_size: int | None = None, steps:
             bar = "#" * int(20 * done / total)
             print(f"[bench] [{bar:<20}] {i}/{len(names)} {name}  (elapsed {_clock(elapsed)}{eta})",
                   file=sys.stderr, flush=True)
-        rows.append(measure(name, batch, image_size, steps, repeats, warmup))
+        rows.append(measure(name, batch, image_size, steps, repeats, warmup, opts))
         done += _weight(name)
     if progress:
         print(f"[bench] [{'#' * 20}] {len(names)}/{len(names)} done in "
@@ -233,12 +245,19 @@ def main(args) -> int:
                 raise BenchError(f"--image-size {args.image_size} is below {n}'s minimum of "
                                  f"{backbones.spec(n).min_size} px. Fix: --image-size "
                                  f"{backbones.spec(n).min_size} or more.")
+    opts = {k: v for k in options.KEYS if (v := getattr(args, k, None)) is not None}
+    for n in names:  # every option checked before the first (slow) model
+        try:
+            options.resolve(n, opts)
+        except options.OptionError as e:
+            raise BenchError(str(e).replace("backbone.", "--").replace("_", "-")) from None
     kind, where = latency.device()
     how = (f"batch {args.batch}, {args.warmup} warm-up step(s), then the mean of {args.repeats} "
            f"repetition(s) of {args.batches} step(s); include_top=True, weights=None, "
-           + (f"{args.image_size} px" if args.image_size else "each backbone's own input size"))
+           + (f"{args.image_size} px" if args.image_size else "each backbone's own input size")
+           + "".join(f", {k}={v}" for k, v in opts.items()))
     print(f"[bench] {len(names)} backbone(s) on {kind}: {where}; {how}", file=sys.stderr)
-    rows = run(names, args.batch, args.image_size, args.batches, args.repeats, args.warmup)
+    rows = run(names, args.batch, args.image_size, args.batches, args.repeats, args.warmup, opts=opts)
     paths = write(rows, args.out, how, f"{kind}: {where}")
     print(markdown(rows, how, f"{kind}: {where}"))
     print(f"CSV:      {paths['csv']}\nMarkdown: {paths['md']}")

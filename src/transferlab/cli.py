@@ -80,7 +80,8 @@ def _add_predict(sub) -> None:
                     "classes). Prints one line per image: the top class and its probability, "
                     "then the top-K list. Unreadable images are reported and skipped (exit 1).")
     p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking URI for --run (default: $MLFLOW_TRACKING_URI, else the "
+                   help="MLflow tracking URI for --run and --weights run:<id> (default: "
+                        "$MLFLOW_TRACKING_URI, else the "
                         "project's store sqlite:///$TRANSFERLAB_ROOT/mlruns/mlflow.db, the "
                         "working directory's without it)")
     which = p.add_mutually_exclusive_group(required=True)
@@ -93,19 +94,44 @@ def _add_predict(sub) -> None:
     which.add_argument("--backbone", metavar="NAME",
                        help="a Keras application (vgg19, resnet50, mobilenetv3small, ...) with "
                             "its ImageNet head")
-    p.add_argument("--weights", metavar="FILE",
+    p.add_argument("--weights", metavar="FILE|run:ID",
                    help="with --backbone: a local weights file of the model WITH its top "
-                        "(include_top=True); default: the ImageNet weights, downloaded once "
-                        "into ~/.keras/models")
+                        "(include_top=True), a .keras copy of it, or run:<id> (a run that "
+                        "logged it); default: the ImageNet weights, downloaded once into "
+                        "~/.keras/models")
+    _add_options(p, "with --backbone: ")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="with --backbone: input side in pixels (default: the size a Keras "
+                        "ImageNet file's name states, e.g. 128 for mobilenet_2_5_128_tf.h5, "
+                        "else the backbone's own)")
     p.add_argument("--top", type=int, metavar="K",
                    help="how many classes to list per image (default: 1 for two classes, else 5)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     p.set_defaults(func=_predict)
 
 
+def _add_options(p, prefix: str) -> None:
+    """Keras' constructor options as flags (models/options.py; None: Keras' default)."""
+    p.add_argument("--alpha", type=float, metavar="A",
+                   help=f"{prefix}width multiplier of MobileNet, MobileNetV2, MobileNetV3Small/Large "
+                        "(Keras' alpha; default 1.0)")
+    p.add_argument("--depth-multiplier", type=int, metavar="D",
+                   help=f"{prefix}MobileNet's depth_multiplier (default 1)")
+    p.add_argument("--minimalistic", action="store_true", default=None,
+                   help=f"{prefix}MobileNetV3Small/Large's minimalistic variant")
+
+
+def _options(args) -> dict:
+    return {k: v for k, v in (("alpha", args.alpha), ("depth_multiplier", args.depth_multiplier),
+                              ("minimalistic", args.minimalistic)) if v is not None}
+
+
 def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.weights and not args.backbone:
         parser.error("predict: --weights goes with --backbone (a run's model has its own weights)")
+    if (_options(args) or args.image_size) and not args.backbone:
+        parser.error("predict: --alpha, --depth-multiplier, --minimalistic and --image-size go "
+                     "with --backbone (a run's or an exported model has its own)")
     if args.top is not None and args.top < 1:
         parser.error(f"predict: --top must be >= 1, got {args.top}")
     import os
@@ -126,7 +152,17 @@ def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         elif args.model:
             predictor = predict.from_export(args.model)
         else:
-            predictor = predict.from_imagenet(args.backbone, args.weights)
+            uri = None
+            if args.weights and args.weights.startswith("run:"):
+                from transferlab.report import ReportError
+                from transferlab.report.build import resolve_tracking_uri
+
+                try:
+                    uri = resolve_tracking_uri(args.tracking_uri)
+                except ReportError as e:
+                    raise predict.PredictError(str(e)) from None
+            predictor = predict.from_imagenet(args.backbone, args.weights, args.image_size,
+                                              _options(args), uri)
     except predict.PredictError as exc:
         print(f"transferlab predict: error: {exc}", file=sys.stderr)
         return 1
@@ -152,6 +188,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--image-size", type=int, metavar="N",
                    help="input side in pixels for every backbone (default: each one's own; "
                         "VGG's parameters then differ from Keras' table)")
+    _add_options(p, "for the backbones that take it: ")
     p.add_argument("--batches", type=int, default=30, metavar="N",
                    help="timed steps per repetition (default 30, as Keras)")
     p.add_argument("--repeats", type=int, default=10, metavar="N",

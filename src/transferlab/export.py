@@ -192,7 +192,8 @@ def export_run(uri: str, run: str, fmt: str, quantize: str | None, out, steps: i
         cfg = OmegaConf.load(c.download_artifacts(run_id, "config.yaml", str(tmp)))
         size = int(model.input_shape[1])
         splits, run_probs = _test_split(cfg, r, c, tmp, size)
-        print(f"[transferlab] run {run_id}: {r.data.tags.get('backbone', '?')} @{size}px, classes "
+        label = r.data.tags.get("backbone_label") or r.data.tags.get("backbone", "?")
+        print(f"[transferlab] run {run_id}: {label} @{size}px, classes "
               f"{', '.join(splits.class_names)}; test split {splits.counts['test']} images")
         x = np.concatenate([np.asarray(b) for b, _ in splits.test])
         y = np.concatenate([np.asarray(t) for _, t in splits.test])
@@ -226,7 +227,9 @@ def export_run(uri: str, run: str, fmt: str, quantize: str | None, out, steps: i
         passed=passed, note=note)
     (out / "classes.json").write_text(json.dumps(splits.class_names))
     (out / "export.json").write_text(json.dumps({
-        "run_id": run_id, "tracking_uri": uri, "backbone": r.data.tags.get("backbone"), "image_size": size,
+        "run_id": run_id, "tracking_uri": uri, "backbone": r.data.tags.get("backbone"),
+        # with its constructor options (mobilenet-a0.25): the model's graph has them built in
+        "backbone_label": label, "image_size": size,
         "format": fmt, "quantize": quantize, "model": path.name, "input": "float32 (N, H, W, 3) RGB 0-255",
         "output": "sigmoid (N, 1)" if y.shape[1] == 1 else f"softmax (N, {y.shape[1]})"}, indent=2))
     (out / f"check_{key}.json").write_text(json.dumps(asdict(check), indent=2))

@@ -120,43 +120,107 @@ def from_run(tracking_uri: str, run: str) -> Predictor:
         raise PredictError(f"run {run_id}: classes.json lists {len(names)} classes but the model "
                            f"has {outputs} outputs.")
     size = int(model.input_shape[1])
+    label = r.data.tags.get("backbone_label") or r.data.tags.get("backbone", "?")
     notes = [f"run {run_id}" + (f" ({run})" if run.startswith(pretrained.LATEST) else "")
-             + f": {r.data.tags.get('backbone', '?')} @{size}px, classes {', '.join(names)}"]
+             + f": {label} @{size}px, classes {', '.join(names)}"]
     return Predictor(model, list(names), size, source=f"run {run_id}", binary=outputs == 1, notes=notes)
 
 
-def from_imagenet(backbone: str, weights: str | None = None) -> Predictor:
-    """A Keras application with its ImageNet head (``include_top=True``) at its own input size.
+_FLAGS = (("backbone.depth_multiplier=", "--depth-multiplier "), ("backbone.alpha=", "--alpha "),
+          ("backbone.minimalistic=true", "--minimalistic"), ("backbone=", "--backbone "))
+
+
+def _as_flags(text: str) -> str:
+    """A config-key message in predict's terms (``backbone.alpha=0.25`` -> ``--alpha 0.25``)."""
+    for key, flag in _FLAGS:
+        text = text.replace(key, flag)
+    return text
+
+
+def _run_options(weights: str, tracking_uri: str | None) -> tuple[dict, int | None]:
+    """A job run's constructor options and image size (its params), for ``--weights run:<id>``
+    without ``--alpha``/``--image-size``; a run of a plain application has none ({}, None)."""
+    from transferlab.models import options as option_table
+    from transferlab.models import pretrained
+
+    if not tracking_uri:
+        raise PredictError(f"--weights {weights}: a run needs its MLflow store (--tracking-uri).")
+    try:
+        run, _ = pretrained.resolve(weights, tracking_uri, what=f"--weights {weights}")
+    except pretrained.PretrainedError as e:
+        raise PredictError(str(e)) from None
+    p = run.data.params
+    cast = {"alpha": float, "depth_multiplier": int, "minimalistic": lambda v: v == "True"}
+    opts = {k: cast[k](p[f"backbone.{k}"]) for k in option_table.KEYS
+            if p.get(f"backbone.{k}") not in (None, "None")}
+    size = p.get("image_size")
+    return opts, (int(size) if size not in (None, "None") else None)
+
+
+def from_imagenet(backbone: str, weights: str | None = None, size: int | None = None,
+                  options: dict | None = None, tracking_uri: str | None = None) -> Predictor:
+    """A Keras application with its ImageNet head (``include_top=True``).
 
     Args:
         backbone: registry name, e.g. ``vgg19``.
-        weights: a local full-top weights file, or None for ``"imagenet"``
-            (downloaded once into ``~/.keras/models``).
+        weights: a local full-top weights file (``.h5`` / ``.weights.h5``), a ``.keras``
+            copy of the application, ``run:<id>`` (a run that logged it), or None for
+            ``"imagenet"`` (downloaded once into ``~/.keras/models``).
+        size: input side in pixels; default: the size a Keras ImageNet file's name states
+            (``mobilenet_2_5_128_tf.h5``: 128), a job run's ``image_size``, else the
+            backbone's own.
+        options: Keras' constructor options (``{"alpha": 0.25}``); default: a job run's,
+            else Keras' defaults.
+        tracking_uri: the MLflow store of a ``run:`` spec.
 
     Raises:
-        PredictError: unknown backbone, missing file, a file that does not fit,
-            the download failed.
+        PredictError: unknown backbone, an option it does not take, a size Keras does not
+            build its top at, missing file, a file that does not fit (naming the options
+            its shapes belong to), the download failed.
     """
+    from transferlab.models import options as option_table
+    from transferlab.models import pretrained
     from transferlab.models import registry as backbones
     from transferlab.models import weights as resolver
-    from transferlab.models.pretrained import PretrainedError
 
+    how = pretrained.kind(weights)
+    if how in ("file", "keras") and not os.path.isfile(weights):
+        raise PredictError(f"--weights {weights}: no such file.")
+    run_opts, run_size = _run_options(weights, tracking_uri) if how == "run" else ({}, None)
     try:
         s = backbones.spec(backbone)
+        opts = option_table.resolve(backbone, options or run_opts)
     except KeyError as e:
         raise PredictError(str(e.args[0])) from None
-    if weights is not None and not os.path.isfile(weights):
-        raise PredictError(f"--weights {weights}: no such file.")
+    except option_table.OptionError as e:
+        raise PredictError(_as_flags(str(e))) from None
+    label, notes = option_table.label(backbone, opts), []
+    if size is None:
+        size = (option_table.size_of_file(backbone, opts, weights) if how == "file" else run_size)
+        if size is not None:
+            notes.append(f"--image-size {size}: the size {'its file name' if how == 'file' else 'the run'} states")
+        size = size or s.default_size
+    top = option_table.top_sizes(backbone) if option_table.has_imagenet(backbone, opts) else None
+    if size < s.min_size or (top and size not in top):
+        allowed = ", ".join(map(str, top)) if top else f">= {s.min_size}"
+        raise PredictError(f"--image-size {size}: Keras builds {label} with its ImageNet top at "
+                           f"{allowed} px. Fix: --image-size {top[-1] if top else s.min_size}.")
     try:  # Keras' ImageNet graph whatever the file's origin (see models/weights.py)
-        model = resolver.build(backbone, s.default_size, weights or "imagenet", include_top=True)
-    except PretrainedError as e:
-        raise PredictError(str(e)) from None
+        model = resolver.build(backbone, size, weights or "imagenet", tracking_uri, include_top=True,
+                               options=opts)
+    except pretrained.PretrainedError as e:
+        hint = (f" A job's own model classifies with its own head: transferlab predict --run "
+                f"{weights[len(pretrained.RUN_PREFIX):]}" if how == "run" else "")
+        raise PredictError(_as_flags(str(e)) + hint) from None
     except backbones.WeightsUnavailable as e:
-        cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
+        from transferlab.models.construct import keras_cache
+
+        file = option_table.imagenet_file(backbone, opts, size, True)
         raise PredictError(
-            f"Could not download the ImageNet weights of {backbone} with its top ({e.__cause__}). "
+            f"Could not download the ImageNet weights of {label} with its top ({e.__cause__}). "
             f"Fix: --weights <file> (a Keras {s.constructor} weights file with the top, "
-            f"include_top=True), or copy that file into {cache} on this machine.") from None
+            f"include_top=True{', Keras names it ' + file if file else ''}), or copy that file "
+            f"into {keras_cache()} on this machine.") from None
     classes = imagenet_classes()
     if int(model.output_shape[-1]) != len(classes):
         raise PredictError(f"{backbone}'s head has {model.output_shape[-1]} outputs, not the "
@@ -164,7 +228,7 @@ def from_imagenet(backbone: str, weights: str | None = None) -> Predictor:
     size = int(model.input_shape[1])
     source = weights or "imagenet"
     return Predictor(model, [n for _, n in classes], size, preprocess=backbones.preprocess_fn(backbone),
-                     source=source, notes=[f"{backbone} @{size}px, ImageNet head, weights {source}"])
+                     source=source, notes=[f"{label} @{size}px, ImageNet head, weights {source}", *notes])
 
 
 def from_export(path) -> Predictor:

@@ -55,6 +55,15 @@ def check_override_keys(args: list[str]) -> None:
             raise ConfigError(f"{arg}: the shell did not expand '~' here. Fix: "
                               f"{home.group(1)}=$HOME{home.group(2) or ''} (the shell expands "
                               "$HOME), or an absolute path.")
+        plus = re.match(r"\+\+?([A-Za-z_][\w.]*)=", arg)
+        if plus and plus.group(1).split(".")[0] != "hydra" and plus.group(1) not in keys:
+            raise ConfigError(_unknown(plus.group(1), keys, f" ({arg}: '+' adds a key the schema "
+                                       "does not have; nothing would read it, and the run would "
+                                       "record a setting that never applied.)"))
+        if (plus and arg.startswith("+") and not arg.startswith("++") and plus.group(1) in keys
+                and plus.group(1) not in {*group_options(), "experiment"}):  # Hydra: "Could not append"
+            raise ConfigError(f"{arg}: {plus.group(1)} is a config key already ('+' appends a new "
+                              f"one). Fix: {arg[1:]}")
         m = re.match(r"([A-Za-z_][\w.]*)=", arg)  # not +key, ~key, hydra/launcher=, -m
         if m and not own_configs and m.group(1) in group_options():
             _check_group_option(arg, m.group(1))
@@ -65,15 +74,19 @@ def check_override_keys(args: list[str]) -> None:
             raise ConfigError(f"{key} is now {MOVED[key]} (the runtime group: settings that cannot "
                               f"change a job's numbers, outside the config hash). Fix: {MOVED[key]}="
                               f"{arg.split('=', 1)[1]}")
-        close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
-        group = key.rsplit(".", 1)[0] if "." in key else None
-        siblings = sorted(k for k in keys if group and k.startswith(group + ".") and k.count(".") == 1)
-        raise ConfigError(
-            f"Unknown config key {key!r}."
+        raise ConfigError(_unknown(key, keys))
+
+
+def _unknown(key: str, keys: set[str], why: str = "") -> str:
+    """'Unknown config key', the closest keys and the keys of its group."""
+    close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.6)
+    group = key.rsplit(".", 1)[0] if "." in key else None
+    siblings = sorted(k for k in keys if group and k.startswith(group + ".")
+                      and k.count(".") == key.count("."))
+    return (f"Unknown config key {key!r}.{why}"
             + (f" Did you mean {' or '.join(close)}?" if close else "")
             + (f" Keys of {group}: {', '.join(siblings)}." if siblings else "")
-            + " (python run.py --cfg job prints the whole config.)"
-        )
+            + " (python run.py --cfg job prints the whole config.)")
 
 
 def group_options() -> dict[str, list[str]]:

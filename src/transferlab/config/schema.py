@@ -58,6 +58,13 @@ class BackboneConf:
     name: str = MISSING
     # "imagenet", null (random init) or a path to a local weights file.
     weights: Optional[str] = "imagenet"
+    # Keras' constructor options (models/options.py), only for the applications that take
+    # them: MobileNet alpha + depth_multiplier, MobileNetV2 alpha, MobileNetV3Small/Large
+    # alpha + minimalistic. null: the application takes no such option; conf/backbone/<name>.yaml
+    # sets Keras' own default (alpha 1.0, depth_multiplier 1, minimalistic false) where it does.
+    alpha: Optional[float] = None
+    depth_multiplier: Optional[int] = None
+    minimalistic: Optional[bool] = None
 
 
 @dataclass

@@ -176,11 +176,18 @@ def build_model(cfg, num_classes: int, tracking_uri: str | None = None):
     mixed = policy != "float32"
     keras.utils.set_random_seed(cfg.seed)
     spec = registry.spec(cfg.backbone.name)
-    base = build_base(cfg.backbone.name, size, cfg.backbone.weights, tracking_uri)
+    base = build_base(cfg.backbone.name, size, cfg.backbone.weights, tracking_uri,
+                      options=cfg.backbone)
     random_init = cfg.backbone.weights is None
     plan = freeze.apply(base, cfg.freeze, spec.block_regex, random_init=random_init,
                         label=spec.constructor)
 
+    # Again right before the new layers: each unseeded initializer and Dropout draws its seed
+    # from Python's RNG when created, and the routes create different numbers of layers
+    # before (a run: or .keras copy loads a whole model first), so the head's initial
+    # weights depended on the route (measured: epoch-1 loss 0.993 / 0.618 / 1.380 for
+    # file / .keras / run: with the same weights).
+    keras.utils.set_random_seed(cfg.seed)
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
     aug = augmentation(cfg.augment, cfg.seed, **({"dtype": "float32"} if mixed else {}))

@@ -167,13 +167,16 @@ def get_run(uri: str, run_id: str, what: str):
         ) from None
 
 
-def resolve(weights: str, uri: str, backbone: str | None = None, what: str | None = None):
+def resolve(weights: str, uri: str, backbone: str | None = None, what: str | None = None,
+            label: str | None = None):
     """The run a ``run:`` spec names, checked to have a logged model.
 
     Args:
         weights: ``run:<id>`` or ``run:latest:<experiment>``.
         uri: the tracking URI to look in (the job's).
         backbone: for ``run:latest:``, only runs of this backbone count.
+        label: for ``run:latest:``, only runs of this backbone variant (``mobilenet-a0.25``,
+            tag ``backbone_label``; a run without the tag built Keras' defaults) count.
         what: how messages name the spec (default ``backbone.weights=<spec>``).
 
     Returns:
@@ -210,19 +213,22 @@ def resolve(weights: str, uri: str, backbone: str | None = None, what: str | Non
         if loc is None:
             continue
         tag = r.data.tags.get("backbone", "?")
-        if backbone is None or tag == backbone:
+        variant = r.data.tags.get("backbone_label", tag)
+        if backbone is None or (tag == backbone and label in (None, variant)):
             return r, loc
-        have.append(tag)
+        have.append((variant, tag))
     if not have:
         raise PretrainedError(
             f"{what}: experiment {value!r} has {len(runs)} FINISHED job "
             "run(s) but none with a logged model. Re-run the pretraining with "
             "tracking.log_model=true (and tracking.skip_finished=false if it already FINISHED).")
     have = sorted(set(have))
+    variant, tag = have[0]
+    fix = f"backbone={tag}" + (f" with the options of {variant}" if variant != tag else "")
     raise PretrainedError(
         f"{what}: experiment {value!r} has logged models of "
-        f"{', '.join(have)} only, none of {backbone}. Fix: backbone={have[0]}, or "
-        f"pretrain {backbone} in that experiment first.")
+        f"{', '.join(v for v, _ in have)} only, none of {label or backbone}. Fix: {fix}, or "
+        f"pretrain {label or backbone} in that experiment first.")
 
 
 def load_logged_model(uri: str, location: str):

@@ -48,7 +48,10 @@ def freeze_label(params: dict[str, str]) -> str | None:
 
 def fields_of(rec: RunRecord) -> dict[str, str | None]:
     out: dict[str, str | None] = dict(rec.params)
-    out["backbone"] = rec.tags.get("backbone") or rec.params.get("backbone.name")
+    # With its constructor options (tag backbone_label: mobilenet-a0.25), so width variants
+    # are rows of their own and backbone.alpha follows the label, not an axis of its own.
+    out["backbone"] = (rec.tags.get("backbone_label") or rec.tags.get("backbone")
+                       or rec.params.get("backbone.name"))
     out["freeze"] = rec.tags.get("freeze") or freeze_label(rec.params)
     # The data set (tag dataset_id, the same for every fold): runs on two folders are two
     # configurations, never replicates of one, whatever their other params.

@@ -23,6 +23,7 @@ from transferlab.models import pretrained
 from transferlab.models.freeze import freeze_label
 from transferlab.models.registry import input_size
 from transferlab.runner import datarecord, lease, splitlog, tracking
+from transferlab.runner.tracking import backbone_label
 from transferlab.runner.record import distribution, params, train_and_log
 from transferlab.runner.validate import validate
 
@@ -45,7 +46,8 @@ def identity(cfg: DictConfig, info: data.DatasetInfo, uri: str) -> tuple[str, di
     if cfg.backbone.weights is None:  # results of earlier code (BatchNorm frozen) are not these
         extra["random_init"] = RANDOM_INIT_RULE
     if pretrained.kind(cfg.backbone.weights) == "run":
-        extra["weights_run"] = pretrained.resolve(cfg.backbone.weights, uri, cfg.backbone.name)[0].info.run_id
+        extra["weights_run"] = pretrained.resolve(cfg.backbone.weights, uri, cfg.backbone.name,
+                                                  label=backbone_label(cfg))[0].info.run_id
     applied = applied_switches(cfg)
     if applied:
         extra["applied"] = applied
@@ -116,6 +118,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         "mlflow.runName": tracking.run_name(cfg),
         "transferlab.role": "job",
         "backbone": cfg.backbone.name,
+        "backbone_label": backbone_label(cfg),  # with its constructor options: mobilenet-a0.25
         "freeze": freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer),
         "config_hash": chash,
         "data_fingerprint": extra["data"],
@@ -298,7 +301,8 @@ def _preflight(cfg: DictConfig) -> None:
     from transferlab.models import freeze, registry, weights
 
     keras.backend.clear_session()
-    base = weights.build(cfg.backbone.name, input_size(cfg), weights=w if file else None)
+    base = weights.build(cfg.backbone.name, input_size(cfg), weights=w if file else None,
+                         options=cfg.backbone)
     spec = registry.spec(cfg.backbone.name)
     freeze.apply(base, f, spec.block_regex, random_init=w is None, label=spec.constructor)
     _PLANNED.add(key)

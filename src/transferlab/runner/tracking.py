@@ -330,13 +330,21 @@ def config_hash(cfg: DictConfig, extra: dict | None = None) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def backbone_label(cfg: DictConfig) -> str:
+    """The backbone with its constructor options where they are not Keras' defaults
+    (``mobilenet-a0.25``; ``models.options.label``): tag ``backbone_label``, run names."""
+    from transferlab.models import options
+
+    return options.label(cfg.backbone.name, cfg.backbone)
+
+
 def run_name(cfg: DictConfig) -> str:
-    """``<backbone>-<freeze label>-lr<lr>-s<seed>[-f<fold>][-split<split seed>]``, the job
-    run's name (the split seed where it is not the default 0: jobs on other random
-    splits of one folder are told apart)."""
+    """``<backbone label>-<freeze label>-lr<lr>-s<seed>[-f<fold>][-split<split seed>]``, the job
+    run's name (``mobilenet-a0.25-all-...`` for a width variant; the split seed where it is
+    not the default 0: jobs on other random splits of one folder are told apart)."""
     fold = cfg.dataset.get("fold")
     split = cfg.dataset.get("split_seed")
-    return (f"{cfg.backbone.name}-{freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)}"
+    return (f"{backbone_label(cfg)}-{freeze_label(cfg.freeze.strategy, cfg.freeze.n, cfg.freeze.layer)}"
             f"-lr{cfg.lr:g}-s{cfg.seed}" + (f"-f{fold}" if fold is not None else "")
             + (f"-split{split}" if split not in (None, 0) else ""))
 

@@ -12,10 +12,11 @@ import difflib
 import os
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from transferlab.config import ConfigError
-from transferlab.config.schema import SELECTION_METRICS
+from transferlab.config.schema import SELECTION_METRICS, schema_keys
+from transferlab.models import options
 from transferlab.models.freeze import STRATEGIES
 from transferlab.models.freezeparams import BN_POLICIES
 from transferlab.models.registry import BACKBONES, input_size, spec
@@ -51,9 +52,16 @@ def validate(cfg: DictConfig) -> None:
     Raises:
         ConfigError: with the bad value, the allowed ones and the override to fix it.
     """
+    _no_unknown_keys(cfg)
     _choose(cfg.backbone.name, sorted(BACKBONES), "backbone",
             "pass backbone=<name>, e.g. backbone=vgg19.")
     bb = spec(cfg.backbone.name)
+    try:  # Keras' constructor options: only those the application takes, with an ImageNet file
+        opts = options.resolve(cfg.backbone.name, cfg.backbone)
+        if cfg.backbone.weights == "imagenet":
+            options.check_imagenet(cfg.backbone.name, opts)
+    except options.OptionError as e:
+        raise ConfigError(str(e)) from None
     _choose(cfg.freeze.strategy, STRATEGIES, "freeze strategy",
             "pass freeze=<strategy>, e.g. freeze=all or freeze=last4.")
     _choose(cfg.freeze.bn, BN_POLICIES, "freeze.bn policy", "freeze.bn=auto.")
@@ -121,7 +129,7 @@ def validate(cfg: DictConfig) -> None:
             f"({bb.min_size} px). Fix: image_size={bb.min_size} or larger "
             f"(its default is {bb.default_size})."
         )
-    _validate_freeze(cfg, bb)
+    _validate_freeze(cfg, bb, options.num_layers(cfg.backbone.name, opts))
     _validate_dataset(cfg)
     w = cfg.backbone.weights
     if w is not None and str(w).startswith("run:"):  # syntax only: the run is looked up at build
@@ -158,7 +166,33 @@ def _validate_speed(cfg: DictConfig) -> None:
             "(caches only where the result stays the same) or off.")
 
 
-def _validate_freeze(cfg: DictConfig, bb) -> None:
+def _no_unknown_keys(cfg: DictConfig) -> None:
+    """A key outside the schema (``+backbone.x=1``, a config built by hand) would be logged as
+    a param and enter the hash while nothing reads it: refused, naming the keys that exist."""
+    known = schema_keys()
+    found: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        for k, v in node.items():
+            found.append(prefix + str(k))
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    unknown = [k for k in found if k not in known]
+    if unknown:
+        k = unknown[0]
+        group = k.rsplit(".", 1)[0] if "." in k else None
+        siblings = sorted(x for x in known if group and x.startswith(group + ".")
+                          and x.count(".") == k.count("."))
+        raise ConfigError(f"Unknown config key {k!r}: nothing reads it, so a run would record a "
+                          "setting that never applied."
+                          + (f" Keys of {group}: {', '.join(siblings)}." if siblings else
+                             f" Top-level keys: {', '.join(sorted(x for x in known if '.' not in x))}.")
+                          + " Fix: drop it (python run.py --cfg job prints the whole config).")
+
+
+def _validate_freeze(cfg: DictConfig, bb, num_layers: int) -> None:
     s = cfg.freeze
     if s.strategy in ("last_n", "last_blocks"):
         if s.n is None or s.n < 0:
@@ -166,10 +200,10 @@ def _validate_freeze(cfg: DictConfig, bb) -> None:
                 f"freeze={s.strategy} needs freeze.n >= 0 (how many "
                 f"{'layers' if s.strategy == 'last_n' else 'blocks'} to train), got {s.n}."
             )
-        if s.strategy == "last_n" and s.n > bb.num_layers:
+        if s.strategy == "last_n" and s.n > num_layers:
             raise ConfigError(
-                f"freeze.n={s.n} is larger than {cfg.backbone.name}'s {bb.num_layers} layers. "
-                f"Fix: freeze.n between 0 and {bb.num_layers}, or freeze=none."
+                f"freeze.n={s.n} is larger than {cfg.backbone.name}'s {num_layers} layers. "
+                f"Fix: freeze.n between 0 and {num_layers}, or freeze=none."
             )
         if s.strategy == "last_blocks" and not bb.block_regex:
             raise ConfigError(
