@@ -53,3 +53,8 @@ def test_kfold_sweep_of_a_flat_folder(tmp_path):
     assert summary["chosen"]["n_seeds"] == 2 and summary["chosen"]["n_folds"] == 2
     assert sorted(summary["chosen"]["run_ids"]) == sorted(r.info.run_id for r in children)
     assert "2 folds" in (tmp_path / "multirun" / "report" / "report.md").read_text()
+    # the sweep's last lines: the estimate with its interval over the test images (issue 19)
+    said = [line for line in p.stdout.splitlines() if line.startswith("[transferlab] ")]
+    last = said[[i for i, line in enumerate(said) if line.startswith("[transferlab] report: ")][-1] + 1:]
+    assert last[0].startswith("[transferlab] chosen on validation: the only configuration"), last
+    assert "is the estimate, 95% interval [" in last[0] and "2 folds x seeds" in last[0], last
