@@ -163,6 +163,39 @@ def test_three_seeds_must_agree_across_seeds():
     assert c.verdict == "better than freeze=all" and c.note == ""
 
 
+def test_identical_seeds_never_strengthen_a_verdict_end_to_end(tmp_path):
+    """Through a real store and `transferlab report`'s context: one seed with b=12, c=3
+    (p = 0.035), then the same two runs logged again as seeds 2 and 3. Issue 19: the
+    summed counts 36, 9 gave p = 0.0001 and turned "not distinguishable" into a verdict."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("same", artifact_location=(tmp_path / "a").as_uri())
+    n = 60
+    true = np.arange(n) % 2
+    idx = np.arange(n)
+    right = {"all": idx < 40, "last4": (idx < 28) | ((idx >= 40) & (idx < 43))}  # b 12, c 3
+    answers = {}
+    for seeds in ((1,), (2, 3)):
+        for seed in seeds:
+            for freeze, ok in right.items():
+                fx.log_run(c, exp, tmp_path, name=f"{freeze}-s{seed}",
+                           params=_params(freeze, seed=seed),
+                           tags={"freeze": freeze, "sweep_id": "same"},
+                           history={"val_acc": [0.5, 0.7], "loss": [0.7, 0.6]},
+                           metrics={"test_acc": float(ok.mean()), "test_loss": 0.5,
+                                    "test_images": n},
+                           true=true, pred=np.where(ok, true, 1 - true))
+        ctx, _, _ = build_context(c, sweep_id="same")
+        (comp,) = [x for x in ctx["comparisons"] if x.key == "freeze"]
+        answers[len(comp.baseline.runs)] = comp
+    one, three = answers[1], answers[3]
+    assert (one.b, one.c) == (12, 3) and one.p_value == pytest.approx(0.03515625)
+    assert (three.p_value, three.low, three.high, three.b, three.c) == (
+        one.p_value, one.low, one.high, one.b, one.c)
+    assert one.verdict == three.verdict == "worse than freeze=all"  # one comparison: no Holm
+    assert "one training run per side" in one.note and "one training run" not in three.note
+
+
 # -- imbalanced test split, flags ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
