@@ -62,7 +62,8 @@ _info: dict[str, tuple[bool, bool]] = {}
 # costly shared fixture and hold many independent builds or sweeps: their tests spread.
 SPREAD = {"test_weights_routes", "test_backbones", "test_freeze", "test_api", "test_trust",
           "test_sweep_e2e", "test_bench", "test_speed_switches", "test_featcache",
-          "test_speed_cuts", "test_train", "test_resume", "test_pretrained"}
+          "test_speed_cuts", "test_train", "test_resume", "test_pretrained", "test_options",
+          "test_real_weights"}
 
 
 def pytest_itemcollected(item):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 import weights_helpers as H
@@ -270,3 +271,25 @@ def test_bench_builds_the_variant():
     assert row.keras_params_m is None and row.ratio is None and row.params_match is None
     with pytest.raises(bench.BenchError, match="vgg19 .* takes no constructor options"):
         bench.build_application("vgg19", 32, {"alpha": 0.25})
+
+
+def test_head_starts_the_same_whatever_the_route(compose, tmp_path):
+    """The seed alone fixes a job's initial head: the same weights as a file and as a .keras
+    copy (which loads a whole model first) give the same initial head weights, however many
+    models were built before in the process (tests/test_real_weights.py: identical per-epoch
+    losses through all four routes on the real file)."""
+    from conftest import TINY as tiny
+    from transferlab.models.build import build_model
+
+    path = H.write_weights("mobilenet", 32, tmp_path / "a025.weights.h5", alpha=0.25)
+    H.perturbed("mobilenet", 32, alpha=0.25).save(tmp_path / "a025.keras")  # other weights: the head only
+    heads = []
+    for w in (path, str(tmp_path / "a025.keras"), path):
+        cfg = compose([*tiny, "backbone=mobilenet", "backbone.alpha=0.25", f"backbone.weights={w}"])
+        model, _, _ = build_model(cfg, 3)
+        heads.append([v.numpy() for v in model.get_layer("predictions").weights])
+        for _ in range(len(heads)):  # layers built in between draw from Python's RNG
+            keras.layers.Dense(3)(keras.Input((4,)))
+    for h in heads[1:]:
+        for a, b in zip(heads[0], h):
+            np.testing.assert_array_equal(a, b)
