@@ -1,7 +1,8 @@
 """A folder data set full of what real folders hold: every file is kept or skipped.
 
 What counts as "bad" (skipped, listed in ``DatasetInfo.skipped`` with the
-reason): truncated and corrupt images, empty files, non-images (``Thumbs.db``,
+reason): truncated and corrupt images (a JPEG whose data stops early, the rest
+zero bytes, too: Pillow decodes it, TensorFlow does not), empty files, non-images (``Thumbs.db``,
 ``notes.txt``) and hidden files (``.DS_Store``, ``._x.jpg``). Everything
 Pillow can decode is kept and decoded by Pillow (data/decode.py): upper-case
 ``.JPG``, grayscale, RGBA, palette, 16-bit, CMYK, TIFF and 1-bit/palette BMP
@@ -44,6 +45,21 @@ def cut_in_half(p: Path) -> None:
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
 
 
+def noisy_jpeg() -> bytes:
+    """A JPEG that Pillow still decodes once its second half is zeroed (a small smooth one
+    already fails Pillow's own truncation check)."""
+    return jpeg_bytes(np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+
+
+def zero_second_half(p: Path) -> None:
+    """The image data stops halfway, the rest zero bytes: what an interrupted copy or a
+    pre-allocating sync client leaves (tensorflow/models#5912); the size is unchanged."""
+    raw = p.read_bytes()
+    sos = raw.index(b"\xff\xda")  # headers and tables before the scan stay whole
+    cut = sos + (len(raw) - sos) // 2
+    p.write_bytes(raw[:cut] + bytes(len(raw) - cut))
+
+
 # name -> how the file is written; every kind of messy file, per the issue.
 def _messy_files(a: np.ndarray, b: np.ndarray) -> dict:
     rgb = Image.fromarray(a)
@@ -64,6 +80,7 @@ def _messy_files(a: np.ndarray, b: np.ndarray) -> dict:
         # skipped
         "truncated.jpg": lambda p: (p.write_bytes(jpeg_bytes(b)), cut_in_half(p)),
         "truncated.png": lambda p: (rgb.save(p), cut_in_half(p)),
+        "zero_padded.jpg": lambda p: (p.write_bytes(noisy_jpeg()), zero_second_half(p)),
         "corrupt.jpg": lambda p: p.write_bytes(np.random.default_rng(1).bytes(3000)),
         "empty.jpg": lambda p: p.write_bytes(b""),
         ".DS_Store": lambda p: p.write_bytes(b"\0\0\0\1Bud1" + bytes(200)),
@@ -74,6 +91,7 @@ def _messy_files(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 BAD = {"truncated.jpg": "truncated", "truncated.png": "truncated",
+       "zero_padded.jpg": "truncated: no end-of-image marker",
        "corrupt.jpg": "corrupt (not a readable image)",
        "empty.jpg": "corrupt (not a readable image)",
        ".DS_Store": "hidden file", "._IMG_0001.JPG": "hidden file",
@@ -120,7 +138,7 @@ def test_scan_sorts_every_messy_file(messy):
     want_skipped = sorted(f"{split}/{name}/{f}: {why}" for split, name in
                           (("test", "dogs"), ("train", "cats")) for f, why in BAD.items())
     assert sorted(info.skipped) == want_skipped
-    assert len(info.skipped) == 2 * len(BAD) == 16
+    assert len(info.skipped) == 2 * len(BAD) == 18
     kept = len(_messy_files(picture(0, 0), picture(0, 0))) - len(BAD)  # 10 per messy folder
     assert info.counts == {"train": {"cats": 6 + kept, "dogs": 6},
                            "validation": {"cats": 2, "dogs": 2},
@@ -187,7 +205,7 @@ def test_class_folder_with_only_bad_files_is_named(tmp_path):
     with pytest.raises(DataError) as e:
         data.scan(root)
     msg = str(e.value)
-    assert f"Class folder {d} has no usable image (8 skipped:" in msg
+    assert f"Class folder {d} has no usable image (9 skipped:" in msg
     assert "validation/dogs/corrupt.jpg: corrupt" in msg and "..." in msg
 
 
@@ -219,9 +237,64 @@ def test_job_runs_end_to_end_on_the_messy_folder(compose, messy, tmp_path):
 def test_job_logs_the_skipped_files(compose, messy, tmp_path):
     out, c = messy_job(compose, messy, tmp_path)
     r = c.get_run(out["run_id"])
-    assert r.data.tags["skipped_files"] == "16"
+    assert r.data.tags["skipped_files"] == "18"
     listed = Path(c.download_artifacts(out["run_id"], "skipped_files.txt", str(tmp_path)))
     assert sorted(listed.read_text().splitlines()) == sorted(data.scan(messy).skipped)
+    # The report's Data section lists them, the zero-padded JPEG with its reason.
+    from transferlab.report import write_report
+
+    paths = write_report(f"sqlite:///{_JOB['tmp']}/mlruns/mlflow.db", tmp_path / "report",
+                         run_ids=[out["run_id"]])
+    md = Path(paths["md"]).read_text()
+    data_section = md[md.index("## Data"):]
+    assert "Skipped by the scan (18 file(s)" in data_section
+    assert ("2 `truncated: no end-of-image marker` (`train/cats/zero_padded.jpg`, "
+            "`test/dogs/zero_padded.jpg`)") in data_section
+    assert "dataset.truncated_jpeg=keep" in data_section
+    assert ("2 <code>truncated: no end-of-image marker</code> (<code>train/cats/zero_padded.jpg"
+            "</code>, <code>test/dogs/zero_padded.jpg</code>)") in Path(paths["html"]).read_text()
+
+
+def test_a_zero_padded_jpeg_is_what_pillow_decodes_and_tensorflow_refuses(tmp_path, compose):
+    """Why it is skipped by default, and that ``dataset.truncated_jpeg=keep`` keeps it."""
+    import tensorflow as tf
+
+    from transferlab.data.decode import read_rgb
+
+    p = tmp_path / "zero_padded.jpg"
+    whole = noisy_jpeg()
+    p.write_bytes(whole)
+    zero_second_half(p)
+    rgb, _ = read_rgb(p)  # no error from Pillow, but the lower part is not the picture's
+    (tmp_path / "ok.jpg").write_bytes(whole)  # the same file, complete: kept
+    good, _ = read_rgb(tmp_path / "ok.jpg")
+    assert rgb.shape == good.shape == (96, 128, 3)
+    np.testing.assert_array_equal(rgb[:8], good[:8])
+    assert np.abs(rgb[-8:].astype(int) - good[-8:]).mean() > 20
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(p.read_bytes())
+    assert imagecheck.check(p).detail == imagecheck.NO_EOI
+    assert imagecheck.check(p, truncated_jpeg="keep").kind == imagecheck.OK
+    assert imagecheck.check(tmp_path / "ok.jpg").kind == imagecheck.OK
+    # A JPEG with an embedded thumbnail (its own end marker inside APP1), cut the same way.
+    thumb = jpeg_bytes(np.zeros((8, 8, 3), np.uint8))
+    app1 = b"Exif\0\0" + thumb
+    with_thumb = whole[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + whole[2:]
+    assert not imagecheck.jpeg_end_missing(with_thumb)
+    cut = with_thumb[: len(with_thumb) * 2 // 3]
+    assert imagecheck.jpeg_end_missing(cut + bytes(len(with_thumb) - len(cut)))
+    # A folder scan: skipped and listed by default, kept with the option.
+    root = make_messy(tmp_path / "ds")
+    info = data.scan(root)
+    assert "train/cats/zero_padded.jpg: truncated: no end-of-image marker" in info.skipped
+    kept = data.scan(root, truncated_jpeg="keep")
+    assert "train/cats/zero_padded.jpg" in {e.rel for e in kept.files["train"]}
+    assert len(kept.skipped) == len(info.skipped) - 2  # train/cats and test/dogs
+    from transferlab.config import ConfigError
+    from transferlab.runner.validate import validate
+
+    with pytest.raises(ConfigError, match="dataset.truncated_jpeg policy 'maybe'.*Allowed: skip, keep"):
+        validate(compose(["dataset.truncated_jpeg=maybe"]))
 
 
 @pytest.mark.slow

@@ -111,6 +111,10 @@ class DatasetConf:
     # threshold (2 x 89,478,485); null = no limit. A result key: it decides which images
     # are kept (the data fingerprint then differs as well).
     max_image_pixels: Optional[int] = 178_956_970
+    # A JPEG that decodes but lacks its end-of-image marker (data stopped early, the rest
+    # zero bytes: an interrupted copy; Pillow shows its lower part grey, TensorFlow
+    # refuses it): "skip" lists it as "truncated: no end-of-image marker"; "keep" trains on it.
+    truncated_jpeg: str = "skip"
 
 
 @dataclass

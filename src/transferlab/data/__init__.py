@@ -20,12 +20,14 @@ __all__ = ["SPLITS", "DataError", "DatasetInfo", "Entry", "SplitSpec", "Splits",
 
 def scan_job(cfg) -> DatasetInfo:
     """``scan`` of a job's data folder with the job's split (``dataset.split``, ``split_seed``,
-    ``folds``, ``fold``) and settings (pixel limit; progress unless ``runtime.verbose=0``);
+    ``folds``, ``fold``) and settings (pixel limit, ``truncated_jpeg``; progress unless
+    ``runtime.verbose=0``);
     generates the synthetic set when needed."""
     from transferlab.data.folder import _DEFAULT  # configs logged before the key existed
 
     return scan(dataset_path(cfg), split=SplitSpec.from_config(cfg.dataset),
                 max_pixels=cfg.dataset.get("max_image_pixels", _DEFAULT),
+                truncated_jpeg=cfg.dataset.get("truncated_jpeg", "skip"),
                 progress=bool(cfg.get("runtime", {}).get("verbose", 1)))
 
 

@@ -203,7 +203,7 @@ _DEFAULT = object()
 
 
 def scan(path, cache_dir=None, split: assign.SplitSpec | None = None, *, max_pixels=_DEFAULT,
-         progress: bool = False) -> DatasetInfo:
+         progress: bool = False, truncated_jpeg: str = "skip") -> DatasetInfo:
     """Checks the folder layout and every file in it, without TensorFlow.
 
     Args:
@@ -216,6 +216,8 @@ def scan(path, cache_dir=None, split: assign.SplitSpec | None = None, *, max_pix
         max_pixels: Images with more pixels are skipped as too large; default
             ``dataset.max_image_pixels``'s, None: no limit.
         progress: A progress bar (count, rate, ETA) when checking takes > 2 s.
+        truncated_jpeg: ``dataset.truncated_jpeg``: ``skip`` (listed as ``truncated: no
+            end-of-image marker``) or ``keep`` a JPEG that decodes without its end marker.
 
     Returns:
         The classes (sorted), kept images per split, skipped files.
@@ -243,7 +245,7 @@ def scan(path, cache_dir=None, split: assign.SplitSpec | None = None, *, max_pix
         max_pixels = DatasetConf.max_image_pixels
     try:
         every = [rel for rels in per_class.values() for rel in rels]
-        found = imagecheck.check_files(path, every, cache, max_pixels, progress)
+        found = imagecheck.check_files(path, every, cache, max_pixels, progress, truncated_jpeg)
     except OSError as e:  # a file vanished meanwhile, or the cache is not writable
         raise DataError(f"Scanning {path} failed: {e}. Rerun once the folder is stable; if "
                         f"{cache} cannot be written, set TRANSFERLAB_CACHE=<writable "

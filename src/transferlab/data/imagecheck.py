@@ -10,7 +10,12 @@ needs converting any more (cache version 2 wrote converted PNGs for
 - kept (``OK``): JPEG (also ``.JPG``, MPO), PNG, GIF, BMP, WebP, TIFF in any
   mode Pillow reads; the EXIF orientation tag is recorded, and the pixels are
   turned upright when decoded;
-- skipped (``SKIP``), with the reason: truncated or corrupt images, non-images,
+- skipped (``SKIP``), with the reason: truncated or corrupt images (also a
+  JPEG whose data stops early with the rest of the file zero bytes, as an
+  interrupted copy or a pre-allocating sync client leaves it: Pillow decodes
+  it without an error, its lower part grey, TensorFlow's decoder refuses it;
+  listed as ``truncated: no end-of-image marker`` unless
+  ``dataset.truncated_jpeg=keep``), non-images,
   hidden files, dangling symlinks (``dangling symlink -> <target>``) and
   images above the pixel limit (``too large to decode: N pixels (WxH) > limit
   M; keep it with dataset.max_image_pixels=...``).
@@ -32,14 +37,17 @@ from pathlib import Path
 import PIL
 from PIL import Image
 
-from transferlab.data.decode import FORMATS, ImageTooLarge, read_rgb, to_rgb  # noqa: F401 (re-export)
+from transferlab.data.decode import (FORMATS, JPEG_FORMATS, ImageTooLarge, read_rgb,  # noqa: F401
+                                     to_rgb)  # (re-exported)
 
 OK, SKIP = "ok", "skip"
 CACHE_DIRNAME = ".transferlab_cache"
 # Bump when check() decides differently (2: verdicts carry the content digest;
 # 3: one Pillow decoder, no conversions, EXIF orientation and size recorded,
-# pixel limit, dangling symlinks; 4: the perceptual hash).
-_CACHE_VERSION = 4
+# pixel limit, dangling symlinks; 4: the perceptual hash; 5: JPEGs without their
+# end-of-image marker).
+_CACHE_VERSION = 5
+NO_EOI = "truncated: no end-of-image marker"
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -69,7 +77,33 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha1").hexdigest()
 
 
-def check(path: Path, max_pixels: int | None = None) -> Verdict:
+def jpeg_end_missing(data: bytes) -> bool:
+    """Whether a JPEG's bytes lack the end-of-image marker (``FFD9``) after its image data.
+
+    The marker segments are walked from the start by their lengths up to the
+    first start-of-scan (``FFDA``), so an EXIF thumbnail's own ``FFD9`` inside
+    APP1 is not taken for the image's; in the entropy-coded data that follows,
+    ``FF`` bytes are stuffed (``FF00``), so ``FFD9`` there is the end marker
+    (ITU-T T.81, B.1.1). A structure this walk does not follow counts as
+    complete (the decoder has accepted the file).
+    """
+    i = 2  # after SOI
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xDA:  # start of scan: the image data follows
+            return data.find(b"\xff\xd9", i) == -1
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length field
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
+
+
+def check(path: Path, max_pixels: int | None = None, truncated_jpeg: str = "skip") -> Verdict:
     """Decodes ``path`` with the training decoder (``decode.read_rgb``), JPEG at 1/8 scale.
 
     ``Image.verify()`` alone misses truncated JPEGs and reads no pixel data,
@@ -80,6 +114,8 @@ def check(path: Path, max_pixels: int | None = None) -> Verdict:
     Args:
         path: The file.
         max_pixels: Images with more pixels are skipped as too large (None: no limit).
+        truncated_jpeg: ``skip`` (default) or ``keep`` a JPEG that decodes but has no
+            end-of-image marker (``jpeg_end_missing``).
     """
     path = Path(path)
     if path.name.startswith("."):
@@ -100,6 +136,9 @@ def check(path: Path, max_pixels: int | None = None) -> Verdict:
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error ...
         msg = str(e) or type(e).__name__
         return Verdict(SKIP, "truncated" if "truncated" in msg.lower() else f"corrupt ({msg})")
+    if (truncated_jpeg != "keep" and info["format"] in JPEG_FORMATS
+            and jpeg_end_missing(path.read_bytes())):
+        return Verdict(SKIP, NO_EOI)
     return Verdict(OK, f"{info['format']} {info['mode']}", file_digest(path),
                    info["orientation"], info["width"], info["height"],
                    perceptual_hash(Image.fromarray(rgb)))
@@ -144,7 +183,7 @@ def _stat(path: Path) -> list:
 
 
 def check_files(root: Path, rels: list[str], cache: Path, max_pixels: int | None = None,
-                progress: bool = False) -> dict[str, Verdict]:
+                progress: bool = False, truncated_jpeg: str = "skip") -> dict[str, Verdict]:
     """Verdicts of many files, from the cache where a file's size and mtime are unchanged.
 
     Args:
@@ -154,6 +193,8 @@ def check_files(root: Path, rels: list[str], cache: Path, max_pixels: int | None
         max_pixels: ``check``'s pixel limit; the cached verdicts are reused only
             for the same limit.
         progress: Show a progress bar when checking takes more than 2 s.
+        truncated_jpeg: ``check``'s policy for JPEGs without an end marker (in the
+            cache's header too: verdicts are reused only under the same policy).
 
     Returns:
         ``rel -> Verdict``.
@@ -162,7 +203,8 @@ def check_files(root: Path, rels: list[str], cache: Path, max_pixels: int | None
         OSError: A file vanished between the listing and its check.
     """
     index = cache / "scan.json"
-    header = {"version": _CACHE_VERSION, "pillow": PIL.__version__, "max_pixels": max_pixels}
+    header = {"version": _CACHE_VERSION, "pillow": PIL.__version__, "max_pixels": max_pixels,
+              "truncated_jpeg": truncated_jpeg}
     known = read_cache(index, header, "files")
     entries, todo = {}, []
     for rel in rels:
@@ -171,7 +213,8 @@ def check_files(root: Path, rels: list[str], cache: Path, max_pixels: int | None
             entries[rel] = known[rel]
         else:
             todo.append(rel)
-    for rel, v in zip(todo, _map(lambda r: check(root / r, max_pixels), todo, progress)):
+    verdicts = _map(lambda r: check(root / r, max_pixels, truncated_jpeg), todo, progress)
+    for rel, v in zip(todo, verdicts):
         entries[rel] += [v.kind, v.detail, v.digest, v.orientation, v.width, v.height, v.phash]
     if entries != known:
         write_cache(index, header, "files", entries, "scan cache")

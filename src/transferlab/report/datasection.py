@@ -34,6 +34,24 @@ def _leak_pairs(pairs: dict) -> tuple[int, int]:
     return (sum(c["exact"] + c["near"] for c in cross), sum(c["different_label"] for c in cross))
 
 
+def _by_reason(lines: list[str] | None, k: int = 3) -> list[tuple[str, int, list[str]]] | None:
+    """``"<path>: <reason>"`` lines grouped: ``(reason, count, first k paths)``."""
+    if lines is None:
+        return None
+    groups: dict[str, list[str]] = {}
+    for line in lines:
+        path, _, reason = line.partition(": ")
+        groups.setdefault(reason, []).append(path)
+    return [(r, len(p), p[:k]) for r, p in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))]
+
+
+def _int(text) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def sections(client, records: list[RunRecord]) -> list[dict]:
     """One dict per data fingerprint, in order of first appearance.
 
@@ -41,7 +59,9 @@ def sections(client, records: list[RunRecord]) -> list[dict]:
     (``artifact`` / ``tags`` / ``none``), ``splits``, ``rows`` (``(class, [n per
     split])``, then ``("total", [...])``; empty without the artifact), ``images`` (tag text),
     ``imbalance_ratio``, ``image_sizes``, ``duplicates`` (summary text), ``policy``,
-    ``dropped`` (number), ``leaks`` / ``leaks_other_label`` (pairs across splits).
+    ``dropped`` (number), ``leaks`` / ``leaks_other_label`` (pairs across splits),
+    ``skipped`` (files the scan left out by reason: ``(reason, count, first paths)``,
+    most frequent first; None where not recorded) and ``skipped_count`` (tag ``skipped_files``).
     Empty when no run recorded any statistics (a store from before they were logged).
     """
     groups: dict[str, list[RunRecord]] = {}
@@ -58,7 +78,9 @@ def sections(client, records: list[RunRecord]) -> list[dict]:
                          images=t.get("dataset_images"), imbalance_ratio=t.get("imbalance_ratio"),
                          image_sizes=t.get("image_size_range"), duplicates=t.get("duplicates"),
                          policy=t.get("duplicates_policy"), dropped=t.get("duplicates_dropped"),
-                         splits=[], rows=[], leaks=None, leaks_other_label=None)
+                         splits=[], rows=[], leaks=None, leaks_other_label=None,
+                         skipped=_by_reason((stats or {}).get("skipped")),
+                         skipped_count=_int(t.get("skipped_files")))
             if stats:
                 splits = [s for s in SPLITS if s in stats["counts"]]
                 entry["splits"] = splits

@@ -5,7 +5,8 @@ pair and how many carry a different label, or ``none``), ``duplicates_policy``,
 ``duplicates_dropped`` (drop mode), ``dataset_images``, ``dataset_classes``,
 ``imbalance_ratio``, ``image_size_range``. Artifacts: ``duplicates.csv`` (every
 pair; when there is one) and ``dataset_stats.json`` (``data.stats.dataset_stats``
-plus the duplicate counts and the dropped paths).
+plus the duplicate counts, the dropped paths and the files the scan skipped, each
+``"<path>: <reason>"``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def log_dataset(c, run_id: str, prepared: Prepared) -> dict:
     stats = dataset_stats(prepared.info)
     stats["duplicates"] = {"policy": prepared.mode, "threshold_bits": dups.threshold,
                            "pairs": dups.counts(), "dropped": dups.dropped}
+    stats["skipped"] = list(prepared.info.skipped)  # the report's Data section lists them
     tags = stats_tags(stats)
     tags["duplicates"] = dups.summary()[:5000]
     tags["duplicates_policy"] = prepared.mode

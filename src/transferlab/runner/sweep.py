@@ -92,7 +92,8 @@ class SweepCallback(Callback):
         # Check folders and generate synthetic data here, once: parallel jobs
         # must not race to write the same files.
         firsts = {(str(data.dataset_path(c)), data.SplitSpec.from_config(c.dataset),
-                   c.dataset.get("duplicates"), c.dataset.get("max_image_pixels")): c for c in jobs}
+                   c.dataset.get("duplicates"), c.dataset.get("max_image_pixels"),
+                   c.dataset.get("truncated_jpeg")): c for c in jobs}
         for key in sorted(firsts, key=str):
             data.prepare(firsts[key])  # bad layout, differing class folders, empty class, leaks
         # One config spelt twice (lr=1e-3,0.001) is one job: the twin finds the

@@ -30,6 +30,7 @@ ISOLATE = ("auto", "process", "off")
 FEATURE_CACHE = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DUPLICATES = ("warn", "drop", "error")
+TRUNCATED_JPEG = ("skip", "keep")
 CLASS_WEIGHTS = ("balanced",)
 
 
@@ -106,6 +107,8 @@ def validate(cfg: DictConfig) -> None:
     if (cfg.runtime.memory_budget_mb or 0) < 0:
         raise ConfigError(f"runtime.memory_budget_mb must be >= 0 (0: decoded images always on disk) "
                           f"or null (a share of RAM), got {cfg.runtime.memory_budget_mb}.")
+    _choose(cfg.dataset.truncated_jpeg, TRUNCATED_JPEG, "dataset.truncated_jpeg policy",
+            "dataset.truncated_jpeg=skip (or keep).")
     if cfg.dataset.max_image_pixels is not None and cfg.dataset.max_image_pixels < 1:
         raise ConfigError(f"dataset.max_image_pixels must be >= 1 or null (no limit), "
                           f"got {cfg.dataset.max_image_pixels}. Fix: e.g. dataset.max_image_pixels=200000000.")
