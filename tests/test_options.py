@@ -293,3 +293,23 @@ def test_head_starts_the_same_whatever_the_route(compose, tmp_path):
     for h in heads[1:]:
         for a, b in zip(heads[0], h):
             np.testing.assert_array_equal(a, b)
+
+
+def test_report_says_random_init_and_counts_epochs_from_one():
+    """backbone.weights=null is shown as "random init" (not None) in the matrix, labels and
+    verdicts, and --baseline backbone.weights=null names it; the best epoch is 1-based."""
+    from transferlab.report.baselines import check_baselines
+    from transferlab.report.collect import RunRecord
+    from transferlab.report.table import build_table, config_label
+
+    recs = [RunRecord(f"r{i}", "0", f"run{i}", "FINISHED", None, i,
+                      {"backbone.name": "mobilenet", "backbone.weights": w, "seed": "0"},
+                      {"backbone": "mobilenet", "freeze": "all"}, {"test_acc": 0.5, "val_acc": 0.5},
+                      history={"val_acc": [(0, 0.4), (1, 0.6), (2, 0.5)]})
+            for i, w in enumerate(["imagenet", "None"])]
+    table = build_table(recs)
+    assert table.axes == ["backbone.weights"]
+    assert sorted(config_label(c, table.axes) for c in table.configs) == [
+        "backbone.weights=imagenet", "backbone.weights=random init"]
+    assert check_baselines(table, {"backbone.weights": "null"}) == {"backbone.weights": "null"}
+    assert {r["best_val_acc_epoch"] for r in table.leaderboard()} == {2}

@@ -107,6 +107,13 @@ def test_photos_through_every_route_equal_plain_keras(plain_keras, tmp_path, cap
             assert [n for n, _ in _top5(p, names)] == [n for n, _ in _top5(q, names)], route
             lines.append(f"| {Path(path).name} | {route} | " + ", ".join(
                 f"{n} {v:.4f}" for n, v in _top5(p, names)) + f" | {d:.1e} |")
+    # the command line's run: route (--tracking-uri, --image-size, --alpha)
+    from transferlab.cli import main
+
+    capsys.readouterr()
+    assert main(["predict", "--tracking-uri", uri, "--backbone", "mobilenet", "--alpha", "0.25",
+                 "--image-size", "128", "--weights", f"run:{run_id}", "--top", "1", photos()[1]]) == 0
+    assert capsys.readouterr().out.strip() == f"{photos()[1]}: espresso 0.971"
     cat, coffee = (_top5(p, names) for p in ref)
     assert {n for n, _ in cat[:4]} == CATS  # what the weights README states plain Keras gives
     assert coffee[0][0] == "espresso" and coffee[0][1] > 0.9

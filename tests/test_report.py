@@ -146,7 +146,7 @@ def test_leaderboard_columns_and_links(sweep_report, store):
     best = rows[0]
     assert best["run_id"] == store.runs[("vgg19", "last4", 1)]
     assert float(best["test_acc"]) == 37 / 40
-    assert best["best_val_acc_epoch"] == "3"
+    assert best["best_val_acc_epoch"] == "4"  # its 4th epoch (step 3), counted as Keras prints it
     url = f"http://ui.example:5000/#/experiments/{store.experiment_id}/runs/{best['run_id']}"
     assert best["mlflow_url"] == url
     assert f'href="{url}"' in Path(sweep_report["html"]).read_text()

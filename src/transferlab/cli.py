@@ -161,8 +161,11 @@ def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     uri = resolve_tracking_uri(args.tracking_uri)
                 except ReportError as e:
                     raise predict.PredictError(str(e)) from None
-            predictor = predict.from_imagenet(args.backbone, args.weights, args.image_size,
-                                              _options(args), uri)
+            import contextlib
+
+            with contextlib.redirect_stdout(sys.stderr):  # build notes: stdout holds the results
+                predictor = predict.from_imagenet(args.backbone, args.weights, args.image_size,
+                                                  _options(args), uri)
     except predict.PredictError as exc:
         print(f"transferlab predict: error: {exc}", file=sys.stderr)
         return 1

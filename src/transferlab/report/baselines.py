@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from transferlab.report.collect import ReportError
 from transferlab.report.metric import rank_key
-from transferlab.report.table import BASELINE, Config, Table
+from transferlab.report.table import BASELINE, RANDOM_INIT, Config, Table
 
 
 def _same(a, b) -> bool:
-    """Equal as text or as numbers (``lr=1e-4`` names the runs logged as ``0.0001``)."""
+    """Equal as text or as numbers (``lr=1e-4`` names the runs logged as ``0.0001``);
+    ``backbone.weights=null`` names the runs the report shows as ``random init``."""
+    a, b = (RANDOM_INIT if str(v) in ("null", "None") else v for v in (a, b))
     try:
         return str(a) == str(b) or float(a) == float(b)
     except (TypeError, ValueError):

@@ -36,6 +36,8 @@ METRIC_COLUMNS = ("test_acc", "test_balanced_acc", "test_macro_f1", "test_auc", 
                   "test_loss", "params_trainable", "params_trainable_base", "params_total",
                   "train_seconds", "train_images_per_s")
 RESULT_COLUMNS = SCORE_COLUMNS + METRIC_COLUMNS
+# backbone.weights=null as the report shows it: what it is, not Python's None.
+RANDOM_INIT = "random init"
 
 
 def freeze_label(params: dict[str, str]) -> str | None:
@@ -53,6 +55,8 @@ def fields_of(rec: RunRecord) -> dict[str, str | None]:
     out["backbone"] = (rec.tags.get("backbone_label") or rec.tags.get("backbone")
                        or rec.params.get("backbone.name"))
     out["freeze"] = rec.tags.get("freeze") or freeze_label(rec.params)
+    if "backbone.weights" in out and out["backbone.weights"] in (None, "None"):
+        out["backbone.weights"] = RANDOM_INIT
     # The data set (tag dataset_id, the same for every fold): runs on two folders are two
     # configurations, never replicates of one, whatever their other params.
     if rec.tags.get("dataset_id"):
@@ -183,7 +187,9 @@ class Table:
             best, best_epoch, final = _best_val(rec)
             row = {k: self.fields[rec.run_id].get(k) for k in self.shown}
             row.update(run_name=rec.name, status=rec.status, best_val_acc=best,
-                       best_val_acc_epoch=best_epoch, final_val_acc=final,
+                       # 1-based, as Keras prints "Epoch 1/10" (MLflow steps count from 0)
+                       best_val_acc_epoch=None if best_epoch is None else best_epoch + 1,
+                       final_val_acc=final,
                        selected_by=self.metric, selection_score=run_score(rec, self.metric),
                        flags=" ".join(self.flags.get(rec.run_id, [])) or None,
                        complete=self.complete(rec), run_id=rec.run_id,
