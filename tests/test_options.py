@@ -313,3 +313,30 @@ def test_report_says_random_init_and_counts_epochs_from_one():
         "backbone.weights=imagenet", "backbone.weights=random init"]
     assert check_baselines(table, {"backbone.weights": "null"}) == {"backbone.weights": "null"}
     assert {r["best_val_acc_epoch"] for r in table.leaderboard()} == {2}
+
+
+def test_readme_table_states_the_registry_and_options():
+    """README's applications table: every registry entry with its Keras constructor, sizes,
+    layer counts and the options it takes."""
+    from transferlab.models.registry import BACKBONES
+
+    text = (ROOT / "README.md").read_text()
+    for name, s in BACKBONES.items():
+        row = next((l for l in text.splitlines() if l.startswith(f"| `{name}` | `{s.constructor}` |")), None)
+        assert row, name
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[2] == f"{s.default_size} / {s.min_size}" and cells[3].split()[0] == str(s.num_layers), row
+        assert [k for k in options.KEYS if f"`backbone.{k}`" in cells[4]] == list(options.takes(name)), row
+
+
+def test_failed_download_names_keras_file_for_the_options():
+    """Offline, the message names the file Keras' download asked for (its name for alpha
+    0.25 at 128 px), to copy into the Keras cache or pass as backbone.weights."""
+    from transferlab.models.registry import WeightsUnavailable
+
+    try:
+        weights.build("mobilenet", 128, "imagenet", options={"alpha": 0.25})
+    except WeightsUnavailable as e:
+        assert "mobilenet-a0.25" in str(e) and "as mobilenet_2_5_128_tf_no_top.h5" in str(e), str(e)
+    else:
+        pytest.skip("the weights downloaded: this machine is online")
