@@ -105,3 +105,60 @@ def test_wheel_installed_outside_the_repository_sweeps(tmp_path):
     """)
     p = subprocess.run([py, "-c", api], cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0 and "API " in p.stdout and "Functional" in p.stdout, (p.stdout + p.stderr)[-3000:]
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def test_a_worker_starts_when_main_is_not_a_file(monkeypatch):
+    """``python - <<EOF``: ``__main__.__file__`` is ``<stdin>``, which a spawned child tried
+    to re-run (FileNotFoundError: every job BrokenProcessPool); the worker now starts."""
+    import types
+
+    from transferlab.runner import isolate
+
+    fake = types.ModuleType("__main__")
+    fake.__file__ = "<stdin>"
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    with isolate._main_not_rerun():
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            child = pool.submit(_pid)
+            assert fake.__dict__.get("__file__") is None  # hidden while the child starts
+            assert child.result(timeout=120) != os.getpid()
+    assert fake.__file__ == "<stdin>"  # and given back
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["stdin", "-c"])
+def test_sweep_where_main_is_not_a_file_raises_each_failed_jobs_error(tmp_path, how):
+    """Slow: a sweep through the API from ``python -`` and ``python -c`` (a worker process,
+    TensorFlow imported, two bases built): ~20 s each on 2 cores. Its two jobs fail before
+    training (a freeze plan that trains nothing): ``sweep`` raises SweepFailed with each job's
+    own error from the worker (it returned an empty DataFrame; the worker could not start)."""
+    code = textwrap.dedent(f"""
+        import transferlab
+        try:
+            transferlab.sweep({[*TINY, "backbone=mobilenetv2", "freeze=last_n", "freeze.n=1,2",
+                                "freeze.bn=frozen", f"root_dir={tmp_path}",
+                                f"hydra.sweep.dir={tmp_path}/multirun"]!r})
+        except transferlab.SweepFailed as e:
+            print("FAILED", len(e.errors), len(e.table))
+            print(e)
+        else:
+            print("NO ERROR")
+    """)
+    args = [sys.executable, "-"] if how == "stdin" else [sys.executable, "-c", code]
+    p = subprocess.run(args, input=code if how == "stdin" else None, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    out = p.stdout + p.stderr
+    assert "FAILED 2 0" in p.stdout, out[-3000:]
+    assert "2 job(s) of the sweep failed (no job finished)" in p.stdout
+    jobs = [line for line in p.stdout.splitlines() if line.startswith("  [")]
+    assert len(jobs) == 2 and "freeze.n=1 " in jobs[0] and "freeze.n=2 " in jobs[1], jobs
+    assert "]: FreezeError: MobileNetV2 last layer is out_relu" in jobs[0]
+    assert "]: FreezeError: MobileNetV2 last 2 layers are Conv_1_bn and out_relu" in jobs[1]
+    assert "BrokenProcessPool" not in out and "worker process died" not in out

@@ -7,7 +7,7 @@ Python API (same overrides as the command line)::
     table = transferlab.sweep(["backbone=vgg19,resnet50", "freeze=none,last4"])  # DataFrame
 """
 
-__all__ = ["Result", "compose", "sweep", "train"]
+__all__ = ["Result", "SweepFailed", "compose", "sweep", "train"]
 
 
 def __getattr__(name):  # PEP 562: `import transferlab` stays cheap (no Hydra, MLflow, TF)

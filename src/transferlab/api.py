@@ -10,8 +10,11 @@
 
 ``train`` runs one job in this process (so the model is returned);
 ``sweep`` runs Hydra's multirun exactly as ``python run.py -m`` does (parent
-run, jobs in a worker process, report), then reads the jobs back from MLflow.
-Both write the same MLflow record as the command line.
+run, jobs in a worker process, report), then reads the jobs back from MLflow;
+a sweep with a failed job raises ``SweepFailed`` naming each job and its
+error. Both write the same MLflow record as the command line. Any main module
+works (a script, ``python -c``, ``python - <<EOF``, a notebook): the worker
+never re-runs it (runner/isolate.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,23 @@ from dataclasses import dataclass, field
 
 FINAL_METRICS = ("test_acc", "test_loss", "params_trainable", "params_total",
                  "train_seconds")
+
+
+class SweepFailed(RuntimeError):
+    """Jobs of a sweep failed; the message lists each (its overrides and its error).
+
+    Attributes:
+        errors: ``[(job overrides, error text)]``, one per failed job.
+        table: the sweep's DataFrame as ``sweep`` would return it (FAILED rows
+            included; the jobs that failed before their run existed have none).
+    """
+
+    def __init__(self, errors: list[tuple[str, str]], table):
+        self.errors, self.table = errors, table
+        lines = [f"  [{job}]: {err[:500]}" for job, err in errors]
+        super().__init__(f"{len(errors)} job(s) of the sweep failed"
+                         + (f" ({int((table['status'] == 'FINISHED').sum())} finished)"
+                            if len(table) else " (no job finished)") + ":\n" + "\n".join(lines))
 
 
 @dataclass
@@ -106,6 +126,9 @@ def sweep(overrides=()):
         ``df.attrs``: ``parent_run_id``, ``tracking_uri``, ``report``.
 
     Raises:
+        SweepFailed: a job failed (its run FAILED, or it failed before its run
+            existed); the exception lists every failed job with its error and
+            holds the table (``e.table``).
         ConfigError and the other user errors of ``train``; SystemExit(2) if
         Hydra rejects the command line.
     """
@@ -133,6 +156,10 @@ def sweep(overrides=()):
     finally:
         sys.argv = argv0
     done = sweep_mod.LAST_SWEEP
+    if not done:  # the sweep never reached its end (no report, nothing to read back)
+        raise SweepFailed(list(sweep_mod.JOB_ERRORS) or [("(sweep)", "it stopped before its end; "
+                                                                     "see the log above")],
+                          pd.DataFrame())
     c = tracking.client(done["tracking_uri"])
     parent = c.get_run(done["parent_run_id"])
     runs = c.search_runs([parent.info.experiment_id],
@@ -151,6 +178,14 @@ def sweep(overrides=()):
     df = pd.DataFrame(rows)
     df.attrs.update(parent_run_id=parent.info.run_id, tracking_uri=done["tracking_uri"],
                     report=done.get("report"))
+    # Each failed job once: its run's error tag, else (no run) the error it raised here.
+    errors = [(r.data.tags.get("hydra_overrides", r.data.tags.get("mlflow.runName", r.info.run_id)),
+               r.data.tags.get("error") or f"run {r.info.status}") for r in runs
+              if r.info.status != "FINISHED"]
+    named = {job for job, _ in errors}
+    errors += [(job, err) for job, err in sweep_mod.JOB_ERRORS if job not in named]
+    if errors:
+        raise SweepFailed(errors, df)
     return df
 
 

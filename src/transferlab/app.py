@@ -55,6 +55,9 @@ def job(cfg: DictConfig) -> dict | float | None:
         # already FAILED with the error; the sweep callback reports it and
         # makes the exit status non-zero.
         print(f"[transferlab] job failed: {type(e).__name__}: {e}")
+        from transferlab.runner.sweep import JOB_ERRORS
+
+        JOB_ERRORS.append((" ".join(hc.overrides.task), f"{type(e).__name__}: {e}"))
         return None
     if "OptunaSweeper" in str(hc.sweeper.get("_target_", "")):
         return float(result["val_acc"])  # the objective Optuna maximises

@@ -22,6 +22,7 @@ cores. The MLflow tag ``threads`` says what a job got and why.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import multiprocessing
 import os
@@ -122,6 +123,30 @@ def _warm() -> None:
     import transferlab.runner.job  # noqa: F401
 
 
+@contextlib.contextmanager
+def _main_not_rerun():
+    """Lets a spawned worker start when ``__main__`` is not a file it can run.
+
+    ``spawn`` re-runs the parent's main script in the child from
+    ``__main__.__file__`` (multiprocessing/spawn.py, ``get_preparation_data``);
+    under ``python - <<EOF`` that is ``<stdin>``, which the child cannot open,
+    so every job died with ``BrokenProcessPool``. The worker needs nothing from
+    ``__main__`` (the job functions live in transferlab), so while it is
+    started a ``__file__`` that names no file is hidden, as ``python -c`` has none.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    hide = (path is not None and getattr(main, "__spec__", None) is None
+            and not os.path.isfile(path))
+    if hide:
+        del main.__file__
+    try:
+        yield
+    finally:
+        if hide:
+            main.__file__ = path
+
+
 def _new_pool(jobs_per_process: int) -> None:
     global _pool, _pool_size, _pool_jobs
     if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
@@ -130,7 +155,8 @@ def _new_pool(jobs_per_process: int) -> None:
         multiprocessing.set_start_method("spawn", force=True)
     _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     _pool_size, _pool_jobs = jobs_per_process, 0
-    _pool.submit(_warm)  # spawns the worker now; our own count (not max_tasks_per_child) replaces it
+    with _main_not_rerun():  # the worker process starts inside this submit
+        _pool.submit(_warm)  # spawns it now; our own count (not max_tasks_per_child) replaces it
 
 
 def prestart(cfg: DictConfig) -> None:

@@ -54,6 +54,9 @@ def job_configs(config: DictConfig) -> list[DictConfig]:
 
 # The last sweep this process ran: parent run id, tracking URI, report path (api.sweep reads it).
 LAST_SWEEP: dict = {}
+# The jobs of the current sweep that raised in this process: (their overrides, the error),
+# also those that failed before their MLflow run existed (api.sweep raises with them).
+JOB_ERRORS: list[tuple[str, str]] = []
 
 
 class SweepCallback(Callback):
@@ -81,6 +84,9 @@ class SweepCallback(Callback):
 
     def _start(self, config: DictConfig) -> None:
         from transferlab import data
+
+        JOB_ERRORS.clear()
+        LAST_SWEEP.clear()
 
         jobs = job_configs(config)
         for cfg in jobs:
